@@ -1,0 +1,27 @@
+# The two commands of the README's quick start, each doing all the set-up it needs:
+#   make lab    create .venv if missing, install vitlib and its pinned dependencies, open JupyterLab on weeks/
+#   make test   the same set-up, then the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vitlib-installed
+
+.PHONY: setup lab test clean
+
+setup: $(STAMP)
+
+# Re-install only when the dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=weeks
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
