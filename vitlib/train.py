@@ -1,0 +1,561 @@
+"""Train a Vision Transformer: one engine for notebooks and the shell.
+
+The recipe follows Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words"
+(Appendix B.1, "Training"): Adam with decoupled weight decay (AdamW), a linear
+learning-rate warm-up followed by cosine decay, and gradient clipping at global
+norm 1. Label smoothing is the usual extra when training ViTs from scratch on
+small data sets.
+
+From a notebook::
+
+    from vitlib.configs import create_vit
+    from vitlib.train import TrainConfig, train
+    history = train(model, train_data, test_data, TrainConfig(epochs=5), out_dir="runs/demo")
+
+From the shell (the last line on stdout is a JSON summary)::
+
+    python -m vitlib.train --model vit_course_28 --dataset fashion-mnist-small \\
+        --epochs 5 --out runs/demo
+
+Reproducibility: an epoch's shuffling, augmentation and dropout depend only on
+``(seed, epoch)`` and the weights at its start. Together with the checkpoint
+written after every epoch (model + optimizer + history), this makes a resumed
+run end with exactly the weights of an uninterrupted one (bitwise, on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+from tqdm.notebook import tqdm as _notebook_tqdm
+
+from vitlib.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "HISTORY_KEYS",
+    "TrainConfig",
+    "evaluate",
+    "lr_at",
+    "main",
+    "make_optimizer",
+    "parameter_groups",
+    "select_device",
+    "train",
+]
+
+# -----------------------------------------------------------------------------
+# configuration
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model's own shape lives in :class:`vitlib.model.ViTConfig`).
+
+    Defaults follow the ViT paper's recipe (Appendix B.1), scaled down for
+    small images: AdamW, ``warmup_epochs`` of linear warm-up, cosine decay to
+    ``min_lr``, gradient clipping at global norm ``grad_clip`` (0 = off).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    amp: bool = True  # bf16 autocast, used only on cuda
+    eval_batch_size: int = 512
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            check(is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+        for name in ("seed", "num_workers"):
+            value = getattr(self, name)
+            check(is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "grad_clip"):
+            value = getattr(self, name)
+            check(is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        check(self.min_lr <= self.lr, f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        check(self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check(isinstance(self.device, str) and bool(self.device), f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("amp", "progress"):
+            check(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    cuda = torch.cuda.is_available()
+    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    available = ["cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use 'auto' or one of: {', '.join(available)}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not supported; use 'auto' or one of: {', '.join(available)}")
+    if device.type not in available:
+        raise ValueError(f"device {name!r} is unavailable on this machine; available: {', '.join(available)}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} is unavailable: this machine has {torch.cuda.device_count()} cuda device(s)")
+    return device
+
+
+# -----------------------------------------------------------------------------
+# learning-rate schedule and optimizer (ViT paper, Appendix B.1)
+# -----------------------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
+    """Learning rate for optimizer step ``step`` (0-based).
+
+    Linear warm-up from ``base_lr / warmup_steps`` to ``base_lr`` over the first
+    ``warmup_steps`` steps, then cosine decay from ``base_lr`` to ``min_lr`` at
+    ``total_steps``.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight decay on weight matrices/kernels only.
+
+    No decay on 1-D parameters (biases, LayerNorm scales) nor on the class token
+    and position embeddings: shrinking those towards zero has no regularising
+    meaning.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "class_token" in name or "pos_embedding" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay) over :func:`parameter_groups`; lr is set by hand each step."""
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+# -----------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on cuda when ``amp``; a no-op everywhere else."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    amp: bool = True,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy (without label smoothing) of ``model`` on ``data``.
+
+    Puts the model in eval mode (and leaves it there). ``device`` defaults to
+    the device of the model's parameters.
+    """
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(dim=-1) == labels).sum()
+        count += labels.numel()
+    if count == 0:
+        raise ValueError("evaluate: the data set is empty")
+    return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+
+
+# -----------------------------------------------------------------------------
+# training
+# -----------------------------------------------------------------------------
+
+HISTORY_KEYS = (
+    # one entry per optimizer step
+    "step_loss", "step_lr", "step_grad_norm",
+    # one entry per epoch
+    "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+)
+
+# tqdm.auto picked its notebook flavour (widgets): we are running in Jupyter.
+_IN_NOTEBOOK = issubclass(tqdm, _notebook_tqdm)
+
+# Settings that may change between a run and its resumption without notice.
+_RESUMABLE_CHANGES = {"epochs", "device", "num_workers", "eval_batch_size", "progress"}
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling generator of one epoch: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    test_data: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``train_data``, evaluating on ``test_data`` after every epoch.
+
+    Datasets yield ``(float image tensor, int label)``. If ``out_dir`` is given,
+    ``out_dir/last.pt`` is written (atomically) after every epoch, with ``extra``
+    stored alongside; ``resume=True`` continues from it. Returns the history: a
+    dict of lists (see ``HISTORY_KEYS``) plus ``"checkpoint"`` (path or None)
+    and ``"device"``. The model ends on the chosen device, in eval mode.
+    """
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir that holds last.pt")
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    optimizer = make_optimizer(model, config)
+    checkpoint_path = Path(out_dir) / "last.pt" if out_dir is not None else None
+
+    history: dict[str, Any] = {key: [] for key in HISTORY_KEYS}
+    start_epoch, step, seconds_before = 1, 0, 0.0
+    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+        checkpoint = load_checkpoint(checkpoint_path)
+        differences = config_differences(checkpoint["model_config"], dataclasses.asdict(model.config))
+        if differences:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint_path}: it was trained with a different model "
+                f"configuration ({'; '.join(differences)}); use another out_dir, or build the model "
+                f"with the checkpoint's configuration (vitlib.checkpoint.load_model)"
+            )
+        model.load_state_dict(checkpoint["model"])
+        if checkpoint["optimizer"] is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        history.update({key: list(checkpoint["history"].get(key, [])) for key in HISTORY_KEYS})
+        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        seconds_before = history["seconds"][-1] if history["seconds"] else 0.0
+        changed = [
+            f"{key}: checkpoint={value}, now={getattr(config, key)}"
+            for key, value in (checkpoint.get("train_config") or {}).items()
+            if key not in _RESUMABLE_CHANGES and hasattr(config, key) and getattr(config, key) != value
+        ]
+        print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']} (step {step})")
+        if changed:
+            print(f"note: training settings differ from the checkpoint's: {'; '.join(changed)}")
+    elif resume:
+        print(f"no checkpoint at {checkpoint_path}; starting a fresh run")
+
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError("train: the training data set is empty")
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+
+    if start_epoch > config.epochs:  # nothing left to train: just report
+        result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
+                          amp=config.amp, num_workers=config.num_workers)
+        print(f"checkpoint already at epoch {start_epoch - 1} of {config.epochs}: "
+              f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.2%}")
+        return {**history, "checkpoint": str(checkpoint_path), "device": str(device)}
+
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    start_time = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        # Everything random in this epoch (shuffling, augmentation, dropout)
+        # depends only on (seed, epoch): that is what makes resuming exact.
+        torch.manual_seed(config.seed + epoch)
+        loader = DataLoader(
+            train_data, batch_size=config.batch_size, shuffle=True,
+            generator=_epoch_generator(config.seed, epoch),
+            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        )
+        model.train()
+        # Per-step values stay on the device until the epoch ends (no sync per step).
+        losses, grad_norms, lrs = [], [], []
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        loss_sum, count = torch.zeros((), device=device), 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+        with bar:
+            for images, labels in bar:
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                with _autocast(device, config.amp):
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # pre-clip norm
+                optimizer.step()
+                step += 1
+
+                losses.append(loss.detach())
+                grad_norms.append(grad_norm.detach())
+                lrs.append(lr)
+                loss_sum += loss.detach() * labels.numel()
+                correct += (logits.argmax(dim=-1) == labels).sum()
+                count += labels.numel()
+                if config.progress and (len(losses) % 10 == 1 or len(losses) == len(loader)):
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+
+        result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
+                          amp=config.amp, num_workers=config.num_workers)
+        history["step_loss"] += torch.stack(losses).float().tolist()
+        history["step_grad_norm"] += torch.stack(grad_norms).float().tolist()
+        history["step_lr"] += lrs
+        history["epoch"].append(epoch)
+        history["train_loss"].append(loss_sum.item() / count)
+        history["train_accuracy"].append(correct.item() / count)
+        history["test_loss"].append(result["loss"])
+        history["test_accuracy"].append(result["accuracy"])
+        history["seconds"].append(seconds_before + time.perf_counter() - start_time)
+        if config.progress:  # (stdout in a notebook, where stderr shows up red)
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}  "
+                f"train loss {history['train_loss'][-1]:.4f} acc {history['train_accuracy'][-1]:.2%}  "
+                f"test loss {result['loss']:.4f} acc {result['accuracy']:.2%}  "
+                f"[{history['seconds'][-1]:.1f}s]",
+                file=sys.stdout if _IN_NOTEBOOK else sys.stderr,
+            )
+
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path, model, optimizer=optimizer, epoch=epoch, step=step,
+                history={key: history[key] for key in HISTORY_KEYS},
+                train_config=dataclasses.asdict(config), extra=extra,
+            )
+
+    history["checkpoint"] = str(checkpoint_path) if checkpoint_path is not None else None
+    history["device"] = str(device)
+    return history
+
+
+# -----------------------------------------------------------------------------
+# command line
+# -----------------------------------------------------------------------------
+
+
+class _UsageError(Exception):
+    """A mistake in the command line or its consequences: reported as one `error:` line."""
+
+
+def _parse_value(text: str) -> bool | int | float | str:
+    """``--set`` values: true/false, then int, then float, else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["num_layers=2", "dropout=0.1"]`` into model-config overrides."""
+    from vitlib.model import ViTConfig
+
+    known = [field.name for field in dataclasses.fields(ViTConfig)]
+    from_dataset = {"image_size", "in_channels", "num_classes"}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise _UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key in from_dataset:
+            raise _UsageError(f"--set {key}=... is not allowed: {key} comes from the dataset")
+        if key not in known:
+            raise _UsageError(f"--set {key}: unknown model setting; known: {', '.join(k for k in known if k not in from_dataset)}")
+        overrides[key] = _parse_value(value.strip())
+    return overrides
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vitlib.train",
+        description="Train a Vision Transformer (Dosovitskiy et al. 2020) on an image data set. "
+                    "The last line on stdout is a JSON summary.",
+    )
+    parser.add_argument("--model", required=True, help="model name, e.g. vit_course_28 (see vitlib.configs.CONFIGS)")
+    parser.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or fashion-mnist-small")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default 10)")
+    parser.add_argument("--out", help="run folder for last.pt (default runs/MODEL-DATASET)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--eval-batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--warmup-epochs", type=float)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--grad-clip", type=float, help="clip gradients at this global norm (0 = off)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on cuda")
+    parser.add_argument("--augment", default="basic", help="training augmentation (see vitlib.data.AUGMENTATIONS)")
+    parser.add_argument("--data-root", help="where data sets are stored / downloaded")
+    parser.add_argument("--subset", type=int, help="use only the first N train and N//4 test images")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model-config override, repeatable, e.g. --set num_layers=2")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    return parser
+
+
+def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Only the options given on the command line override TrainConfig's defaults."""
+    given = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+        "lr": args.lr, "min_lr": args.min_lr, "weight_decay": args.weight_decay,
+        "warmup_epochs": args.warmup_epochs, "label_smoothing": args.label_smoothing,
+        "grad_clip": args.grad_clip, "seed": args.seed, "num_workers": args.num_workers,
+        "device": args.device,
+    }
+    kwargs: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    if args.no_amp:
+        kwargs["amp"] = False
+    if args.no_progress:
+        kwargs["progress"] = False
+    return TrainConfig(**kwargs)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse, build data and model, train, print a JSON summary."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = _run(args)
+    except (_UsageError, CheckpointError, FileNotFoundError) as error:
+        # Configuration mistakes (unknown model, patch size that does not divide
+        # the image, missing data set, checkpoint of another model, ...): one line, exit 2.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume (OUT/last.pt holds the last finished epoch)", file=sys.stderr)
+        return 130
+    print(json.dumps(summary))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from vitlib.configs import create_vit
+    from vitlib.data import eval_transform, load_dataset, train_transform
+
+    try:  # every ValueError while setting up is a mistake on the command line
+        config = _train_config_from_args(args)
+        overrides = _parse_sets(args.set)
+        select_device(config.device)  # fail early, before loading data
+        if args.subset is not None and args.subset < 1:
+            raise _UsageError(f"--subset must be a positive integer, got {args.subset}")
+
+        train_set = load_dataset(args.dataset, split="train", root=args.data_root)
+        test_set = load_dataset(args.dataset, split="test", root=args.data_root)
+        train_set.transform = train_transform(train_set, args.augment)
+        test_set.transform = eval_transform(test_set)
+
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed too
+        model = create_vit(
+            args.model, image_size=train_set.image_size, in_channels=train_set.in_channels,
+            num_classes=train_set.num_classes, **overrides,
+        )
+    except (ValueError, TypeError) as error:
+        raise _UsageError(_one_line(error).replace("TrainConfig: ", "")) from error
+
+    train_data: Dataset = train_set
+    test_data: Dataset = test_set
+    if args.subset is not None:
+        train_data = Subset(train_set, range(min(args.subset, len(train_set))))
+        test_data = Subset(test_set, range(min(max(1, args.subset // 4), len(test_set))))
+
+    out_dir = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}"
+    extra = {"model_name": args.model, "dataset": args.dataset, "augment": args.augment, "subset": args.subset}
+    history = train(model, train_data, test_data, config, out_dir=out_dir, resume=args.resume, extra=extra)
+
+    return {
+        "model": args.model,
+        "dataset": args.dataset,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": history["epoch"][-1] if history["epoch"] else 0,
+        "test_accuracy": history["test_accuracy"][-1] if history["test_accuracy"] else None,
+        "test_loss": history["test_loss"][-1] if history["test_loss"] else None,
+        "train_loss": history["train_loss"][-1] if history["train_loss"] else None,
+        "train_accuracy": history["train_accuracy"][-1] if history["train_accuracy"] else None,
+        "seconds": history["seconds"][-1] if history["seconds"] else 0.0,
+        "device": history["device"],
+        "checkpoint": history["checkpoint"],
+        "train_size": len(train_data),
+        "test_size": len(test_data),
+        "model_config": dataclasses.asdict(model.config),
+        "train_config": dataclasses.asdict(config),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
