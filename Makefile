@@ -1,12 +1,13 @@
 # The two commands of the README's quick start, each doing all the set-up it needs:
 #   make lab    create .venv if missing, install vitlib and its pinned dependencies, open JupyterLab on weeks/
 #   make test   the same set-up, then the whole test suite
+#   make notebooks   regenerate the student notebooks weeks/ from solutions/
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vitlib-installed
 
-.PHONY: setup lab test clean
+.PHONY: setup lab test notebooks clean
 
 setup: $(STAMP)
 
@@ -22,6 +23,9 @@ lab: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+notebooks: setup
+	$(BIN)/python -m vitlib.notebooks generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -21,7 +21,11 @@ check has passed, else vitlib's, so a student stuck on one exercise can go on.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +38,7 @@ __all__ = [
     "has_passed",
     "reset",
     "mine_or_reference",
+    "from_notebook",
     "call_student",
     "expect_tensor",
     "expect_shape",
@@ -92,6 +97,63 @@ def mine_or_reference(name: str, mine: Any, reference: Any) -> Any:
     if name in _PASSED:
         return mine
     print(f"↪ using vitlib's {name}: yours has not passed its check yet (you can come back to it)")
+    return reference
+
+
+def from_notebook(
+    notebook: str | Path,
+    name: str,
+    reference: Any,
+    check: Callable[[Any], None] | None = None,
+) -> Any:
+    """The student's `name` from an earlier week's notebook, or vitlib's `reference` if it is not ready.
+
+    Notebooks share no kernel, so this runs the cells tagged `setup` and `exercise` of
+    `notebook` (a path, or a week such as "03_encoder" looked up next to the running
+    notebook) in a fresh namespace, takes `name` from it, and runs `check` on it quietly.
+    A stub, a failing check, or a missing notebook gives the reference, with a note.
+    """
+    path = Path(notebook)
+    if path.suffix != ".ipynb":
+        path = path.with_suffix(".ipynb")
+    reason = None
+    mine = None
+    if not path.is_file():
+        reason = f"{path} not found"
+    else:
+        try:
+            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        except (OSError, ValueError, KeyError) as error:
+            cells, reason = [], f"{path} is not a readable notebook ({type(error).__name__})"
+        namespace: dict[str, Any] = {"__name__": f"notebook_{path.stem}"}
+        for cell in cells:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if reason or cell.get("cell_type") != "code" or not {"setup", "exercise"} & set(tags):
+                continue
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    exec(compile(source, f"{path.name}:{cell.get('id')}", "exec"), namespace)
+            except NotImplementedError:
+                continue  # a stub cell that raises at the top level: its names stay undefined
+            except Exception as error:
+                reason = f"cell {cell.get('id')} of {path.name} raised {type(error).__name__}: {error}"
+        if reason is None:
+            mine = namespace.get(name)
+            if mine is None:
+                reason = f"{name} is not defined in {path.name}"
+            elif check is not None:
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        check(mine)
+                except NotImplementedError:
+                    reason = f"your {name} in {path.name} is not written yet"
+                except CheckFailed:
+                    reason = f"your {name} in {path.name} does not pass its check yet"
+    if reason is None:
+        print(f"using your {name} from {path.name}")
+        return mine
+    print(f"↪ using vitlib's {name}: {reason}")
     return reference
 
 

@@ -1,0 +1,194 @@
+"""Week 05 checks pass on right code and fail, with expected / got / hint, on the classic mistakes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlib import checks
+from vitlib.checks.training import check_evaluate_accuracy, check_lr_schedule, check_train_step
+from vitlib.train import lr_at
+
+
+def _fails(check, wrong, hint: str) -> None:
+    with pytest.raises(checks.CheckFailed) as info:
+        check(wrong)
+    message = str(info.value)
+    for part in ("expected:", "got:", "hint:"):
+        assert part in message, message
+    assert hint in message, message
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError("write this exercise")
+
+
+# --- lr schedule ---------------------------------------------------------------------------------
+
+
+def test_lr_schedule_passes_on_the_reference(capsys):
+    check_lr_schedule(lr_at)
+    assert capsys.readouterr().out == "✓ lr_schedule: matches vitlib on 3 schedules\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda s, t, w, b, m: m + 0.5 * (b - m) * (1 + math.cos(math.pi * s / t)), "no warm-up"),
+        (lambda s, t, w, b, m: lr_at(s, t, w, b, 0.0), "should end at min_lr, not at 0"),
+        (lambda s, t, w, b, m: b * s / w if s < w else lr_at(s, t, w, b, m), "(step + 1) / warmup_steps"),
+        (lambda s, t, w, b, m: b * (s + 1) / w if s < w else m + (b - m) * (1 - (s - w) / max(1, t - w)), "linear decay"),
+    ],
+)
+def test_lr_schedule_mistakes(wrong, hint):
+    _fails(check_lr_schedule, wrong, hint)
+
+
+def test_lr_schedule_stub():
+    with pytest.raises(NotImplementedError, match="lr_at is not written yet"):
+        check_lr_schedule(_stub)
+
+
+# --- train step ----------------------------------------------------------------------------------
+
+
+def _right_step(model, images, labels, optimizer, max_norm, label_smoothing):
+    model.train()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def test_train_step_passes(capsys):
+    check_train_step(_right_step)
+    assert capsys.readouterr().out == "✓ train_step: two steps update the weights as vitlib's training loop does\n"
+
+
+def _no_zero_grad(model, images, labels, optimizer, max_norm, label_smoothing):
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def _clip_after_step(model, images, labels, optimizer, max_norm, label_smoothing):
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return loss.item(), norm.item()
+
+
+def _no_smoothing(model, images, labels, optimizer, max_norm, label_smoothing):
+    return _right_step(model, images, labels, optimizer, max_norm, 0.0)
+
+
+def _no_clipping(model, images, labels, optimizer, max_norm, label_smoothing):
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def _returns_tensors(model, images, labels, optimizer, max_norm, label_smoothing):
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss, norm
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_no_zero_grad, "call optimizer.zero_grad() before loss.backward()"),
+        (_clip_after_step, "were not clipped before the update"),
+        (_no_smoothing, "label smoothing is missing"),
+        (_no_clipping, "were not clipped before the update"),
+        (_returns_tensors, "return loss.item()"),
+    ],
+)
+def test_train_step_mistakes(wrong, hint):
+    _fails(check_train_step, wrong, hint)
+
+
+def test_train_step_stub():
+    with pytest.raises(NotImplementedError, match="train_step is not written yet"):
+        check_train_step(_stub)
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _right_evaluate(model, loader):
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        correct += (model(images).argmax(-1) == labels).sum().item()
+        total += labels.numel()
+    return correct / total
+
+
+def test_evaluate_passes(capsys):
+    check_evaluate_accuracy(_right_evaluate)
+    assert capsys.readouterr().out == "✓ evaluate_accuracy: eval mode, no gradients, averaged over images\n"
+
+
+@torch.no_grad()
+def _train_mode(model, loader):
+    correct = total = 0
+    for images, labels in loader:
+        correct += (model(images).argmax(-1) == labels).sum().item()
+        total += labels.numel()
+    return correct / total
+
+
+def _with_grad(model, loader):
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        correct += (model(images).argmax(-1) == labels).sum().item()
+        total += labels.numel()
+    return correct / total
+
+
+@torch.no_grad()
+def _mean_of_batches(model, loader):
+    model.eval()
+    accuracies = [(model(x).argmax(-1) == y).float().mean().item() for x, y in loader]
+    return sum(accuracies) / len(accuracies)
+
+
+@torch.no_grad()
+def _percent(model, loader):
+    return 100 * _right_evaluate(model, loader)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_train_mode, "call model.eval() first"),
+        (_with_grad, "torch.no_grad()"),
+        (_mean_of_batches, "the last batch is smaller"),
+        (_percent, "not a percentage"),
+    ],
+)
+def test_evaluate_mistakes(wrong, hint):
+    _fails(check_evaluate_accuracy, wrong, hint)
+
+
+def test_evaluate_stub():
+    with pytest.raises(NotImplementedError, match="evaluate_accuracy is not written yet"):
+        check_evaluate_accuracy(_stub)
