@@ -176,3 +176,48 @@ def test_load_reference_weights_names_the_differences():
     wrong_size.add_module("proj", torch.nn.Linear(2, 4))
     with pytest.raises(checks.CheckFailed, match=r"proj.weight has the wrong shape"):
         checks.load_reference_weights("embedding", wrong_size, ref)
+
+
+def _week(tmp_path, body: str, check_body: str = "checks.passed('double', 'ok')"):
+    nb = new_notebook()
+    nb.cells = [
+        new_code_cell("from vitlib import checks", id="setup", metadata={"tags": ["setup"]}),
+        new_code_cell(f"def double(x):\n    {body}", id="ex-double", metadata={"tags": ["exercise"]}),
+        new_code_cell(f"# NBVAL_CHECK_OUTPUT\n{check_body}", id="check-double", metadata={"tags": ["check"]}),
+        new_code_cell("raise RuntimeError('a demo cell is never run')", id="demo"),
+    ]
+    path = tmp_path / "03_week.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _check_double(fn):
+    if checks.call_student("double", fn, 2) != 4:
+        checks.fail("double", "4", str(fn(2)), "multiply by 2")
+
+
+def test_from_notebook_takes_the_students_work_when_it_passes(tmp_path, capsys):
+    checks.reset()
+    path = _week(tmp_path, "return 2 * x")
+    mine = checks.from_notebook(path, "double", "reference", check=_check_double)
+    assert mine(5) == 10 and "using your double from 03_week.ipynb" in capsys.readouterr().out
+    assert checks.has_passed("double")  # the week's own check cells ran, so later exercises can use it
+    checks.reset()
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ('raise NotImplementedError("write this exercise")', "not written yet"),
+        ("return 3 * x", "does not pass its check yet"),
+    ],
+)
+def test_from_notebook_falls_back_to_the_reference(tmp_path, capsys, body, reason):
+    path = _week(tmp_path, body, check_body="_ = 1")
+    assert checks.from_notebook(path, "double", "reference", check=_check_double) == "reference"
+    assert reason in capsys.readouterr().out
+
+
+def test_from_notebook_without_the_file(tmp_path, capsys):
+    assert checks.from_notebook(tmp_path / "02_missing", "x", "reference") == "reference"
+    assert "02_missing.ipynb not found" in capsys.readouterr().out

@@ -108,10 +108,12 @@ def from_notebook(
 ) -> Any:
     """The student's `name` from an earlier week's notebook, or vitlib's `reference` if it is not ready.
 
-    Notebooks share no kernel, so this runs the cells tagged `setup` and `exercise` of
-    `notebook` (a path, or a week such as "03_encoder" looked up next to the running
-    notebook) in a fresh namespace, takes `name` from it, and runs `check` on it quietly.
-    A stub, a failing check, or a missing notebook gives the reference, with a note.
+    Notebooks share no kernel, so this runs the cells tagged `setup`, `exercise` and
+    `check` of `notebook` (a path, or a week such as "03_encoder" looked up next to the
+    running notebook) in a fresh namespace, quietly and in order, so that the student's
+    later exercises use their earlier ones where those pass (`mine_or_reference`). Then it
+    takes `name` and runs `check` on it. A stub, a failing check, or a missing notebook
+    gives the reference, with a note.
     """
     path = Path(notebook)
     if path.suffix != ".ipynb":
@@ -128,15 +130,17 @@ def from_notebook(
         namespace: dict[str, Any] = {"__name__": f"notebook_{path.stem}"}
         for cell in cells:
             tags = cell.get("metadata", {}).get("tags", [])
-            if reason or cell.get("cell_type") != "code" or not {"setup", "exercise"} & set(tags):
+            if reason or cell.get("cell_type") != "code" or not {"setup", "exercise", "check"} & set(tags):
                 continue
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     exec(compile(source, f"{path.name}:{cell.get('id')}", "exec"), namespace)
-            except NotImplementedError:
-                continue  # a stub cell that raises at the top level: its names stay undefined
+            except (NotImplementedError, CheckFailed):
+                continue  # a stub, or a check that fails: its exercise falls back to the reference
             except Exception as error:
+                if "check" in tags:
+                    continue
                 reason = f"cell {cell.get('id')} of {path.name} raised {type(error).__name__}: {error}"
         if reason is None:
             mine = namespace.get(name)
