@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -12,30 +11,9 @@ from einops import rearrange
 from torch import nn
 
 import vitlib
-from vitlib import checks
 from vitlib.checks import CheckFailed
 from vitlib.checks.encoder import check_encoder_block, check_gelu, check_mlp, check_multi_head_self_attention
-
-
-@pytest.fixture(autouse=True)
-def _forget_passes():
-    checks.reset()
-    yield
-    checks.reset()
-
-
-def _fails(check, student, hint: str) -> None:
-    """The check raises CheckFailed with the three parts and the given hint (a regex)."""
-    with pytest.raises(CheckFailed) as info:
-        check(student)
-    message = str(info.value)
-    for part in ("expected:", "got:", "hint:"):
-        assert part in message, message
-    assert re.search(hint, message), message
-
-
-def _stub(*args, **kwargs):
-    raise NotImplementedError("write this exercise, then run the check cell below")
+from check_helpers import expect_failure as _fails, stub as _stub
 
 
 # --- gelu ----------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -11,31 +10,10 @@ from torch import nn
 
 import vitlib
 from vitlib import checks
-from vitlib.checks import CheckFailed
 from vitlib.checks import model as cm
+from check_helpers import expect_failure as _fails_with, stub as _stub
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _stub(*args, **kwargs):
-    raise NotImplementedError("write this exercise, then run the check cell below")
-
-
-def _fails_with(check, student, hint_pattern: str) -> str:
-    with pytest.raises(CheckFailed) as info:
-        check(student)
-    message = str(info.value)
-    for part in ("expected:", "got:", "hint:"):
-        assert part in message, message
-    assert re.search(hint_pattern, message), message
-    return message
-
-
-@pytest.fixture(autouse=True)
-def _forget_passes():
-    checks.reset()
-    yield
-    checks.reset()
 
 
 # --------------------------------------------------------------------------------------------- exercise 1

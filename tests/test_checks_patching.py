@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -12,26 +11,7 @@ from torch import nn
 import vitlib.patching
 from vitlib import checks
 from vitlib.checks import patching as week
-
-
-@pytest.fixture(autouse=True)
-def _forget_passed_checks():
-    checks.reset()
-    yield
-    checks.reset()
-
-
-def _stub(*args, **kwargs):
-    raise NotImplementedError("write this exercise, then run the check cell below")
-
-
-def _fails_with(check, wrong, hint_regex):
-    with pytest.raises(checks.CheckFailed) as info:
-        check(wrong)
-    message = str(info.value)
-    assert "expected:" in message and "got:" in message and "hint:" in message, message
-    assert re.search(hint_regex, message), message
-    return message
+from check_helpers import expect_failure as _fails_with, stub as _stub
 
 
 # --- patchify ------------------------------------------------------------------------------------

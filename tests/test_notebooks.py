@@ -6,7 +6,6 @@ see pyproject.toml); this file tests what nbval cannot see.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -332,7 +332,9 @@ def train(
         losses, grad_norms, lrs = [], [], []
         correct = torch.zeros((), device=device, dtype=torch.long)
         loss_sum, count = torch.zeros((), device=device), 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+        # At most one refresh a second: in Jupyter every refresh is a message to the front
+        # end, and thousands of them overflow the kernel's output queue (nbval then times out).
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, mininterval=1.0,
                    disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
         with bar:
             for images, labels in bar:
@@ -358,7 +360,7 @@ def train(
                 correct += (logits.argmax(dim=-1) == labels).sum()
                 count += labels.numel()
                 if config.progress and (len(losses) % 10 == 1 or len(losses) == len(loader)):
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
 
         result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
                           amp=config.amp, num_workers=config.num_workers)

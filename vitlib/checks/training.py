@@ -7,7 +7,6 @@ clipping at a global norm, AdamW).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
