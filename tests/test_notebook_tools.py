@@ -221,3 +221,14 @@ def test_from_notebook_falls_back_to_the_reference(tmp_path, capsys, body, reaso
 def test_from_notebook_without_the_file(tmp_path, capsys):
     assert checks.from_notebook(tmp_path / "02_missing", "x", "reference") == "reference"
     assert "02_missing.ipynb not found" in capsys.readouterr().out
+
+
+def test_lint_finds_widget_state_and_clean_metadata_removes_it():
+    from vitlib.notebooks import clean_metadata
+
+    nb = _notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.7"}
+    assert any("widget state" in p for p in lint(nb))
+    clean_metadata(nb)
+    assert lint(nb) == [] and nb.metadata["language_info"] == {"name": "python"}

@@ -36,6 +36,7 @@ __all__ = [
     "stub_source",
     "is_checked",
     "student_notebook",
+    "clean_metadata",
     "lint",
     "generate",
     "refresh",
@@ -108,6 +109,15 @@ def student_notebook(solution: NotebookNode) -> NotebookNode:
     return nb
 
 
+def clean_metadata(nb: NotebookNode) -> NotebookNode:
+    """Drop what a run leaves in the notebook's metadata: widget state and the exact Python version."""
+    nb.metadata.pop("widgets", None)
+    nb.metadata["language_info"] = {"name": "python"}
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    return nb
+
+
 def _tags(cell: NotebookNode) -> list[str]:
     return list(cell.metadata.get("tags", []))
 
@@ -115,6 +125,8 @@ def _tags(cell: NotebookNode) -> list[str]:
 def lint(nb: NotebookNode, name: str = "notebook") -> list[str]:
     """Authoring mistakes in a solution notebook (an empty list when there are none)."""
     problems: list[str] = []
+    if "widgets" in nb.metadata:
+        problems.append(f"{name}: the notebook's metadata holds widget state (run `python -m vitlib.notebooks refresh`)")
     ids: set[str] = set()
     code = [c for c in nb.cells if c.cell_type == "code"]
     for i, cell in enumerate(nb.cells):
@@ -212,8 +224,8 @@ def refresh(path: Path, timeout: int = 1200) -> None:
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    clean_metadata(nb)
     for cell in nb.cells:
-        cell.metadata.pop("execution", None)
         if cell.cell_type == "code" and not is_checked(cell):
             cell.outputs, cell.execution_count = [], None
     _write_atomic(path, nbformat.writes(nb) + "\n")

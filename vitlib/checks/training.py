@@ -17,7 +17,7 @@ from vitlib import checks
 from vitlib.configs import create_vit
 from vitlib.train import lr_at
 
-__all__ = ["check_lr_schedule", "check_train_step", "check_evaluate_accuracy"]
+__all__ = ["check_lr_schedule", "check_train_step", "check_evaluate_accuracy", "reference_train_step"]
 
 _SCHEDULES = [  # (total_steps, warmup_steps, base_lr, min_lr)
     (100, 10, 1e-3, 1e-5),
@@ -77,7 +77,7 @@ def _tiny_model(seed: int) -> torch.nn.Module:
     return model
 
 
-def _reference_step(model, images, labels, optimizer, max_norm, label_smoothing, *, zero_grad=True, clip_after=False):
+def reference_train_step(model, images, labels, optimizer, max_norm, label_smoothing, *, zero_grad=True, clip_after=False):
     """One training step as `vitlib.train.train` takes it (and two classic mistakes, by switches)."""
     model.train()
     logits = model(images)
@@ -111,7 +111,7 @@ def check_train_step(student_train_step) -> None:
         results = [step_fn(model, images, labels, optimizer, max_norm, smoothing, **switches) for _ in range(2)]
         return model, results
 
-    ref_model, ref_results = run(_reference_step)
+    ref_model, ref_results = run(reference_train_step)
     model, results = run(lambda *a: checks.call_student("train_step", student_train_step, *a))
     for loss, norm in results:
         if not isinstance(loss, (float, int)) or not isinstance(norm, (float, int)):
@@ -131,8 +131,8 @@ def check_train_step(student_train_step) -> None:
         )
         checks.fail("train_step's loss", f"{ref_loss:.6f}", f"{loss:.6f}", hint)
     mistakes = {
-        "gradients accumulate over steps: call optimizer.zero_grad() before loss.backward()": _flat(run(_reference_step, zero_grad=False)[0]),
-        "the gradients were not clipped before the update: call torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between loss.backward() and optimizer.step()": _flat(run(_reference_step, clip_after=True)[0]),
+        "gradients accumulate over steps: call optimizer.zero_grad() before loss.backward()": _flat(run(reference_train_step, zero_grad=False)[0]),
+        "the gradients were not clipped before the update: call torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between loss.backward() and optimizer.step()": _flat(run(reference_train_step, clip_after=True)[0]),
     }
     checks.expect_close(
         "the weights after two train_step calls",
