@@ -2,12 +2,13 @@
 #   make lab    create .venv if missing, install vitlib and its pinned dependencies, open JupyterLab on weeks/
 #   make test   the same set-up, then the whole test suite
 #   make notebooks   regenerate the student notebooks weeks/ from solutions/
+#   make grade WEEK=01_patching SUBMISSIONS=path/to/folder [OUT=grades]   grade a class
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vitlib-installed
 
-.PHONY: setup lab test notebooks clean
+.PHONY: setup lab test notebooks grade clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,11 @@ test: setup
 
 notebooks: setup
 	$(BIN)/python -m vitlib.notebooks generate
+
+OUT ?= grades
+grade: setup
+	@test -n "$(WEEK)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade WEEK=01_patching SUBMISSIONS=folder [OUT=grades]"; exit 2; }
+	$(BIN)/python -m vitlib.grade $(WEEK) $(SUBMISSIONS) --out $(OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
