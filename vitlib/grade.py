@@ -8,18 +8,24 @@ For every submission (a notebook per student: `submissions/<student>.ipynb`, or 
 1. takes the student's exercise cells only, found by cell id (`ex-NAME`) or, if the student
    deleted and retyped a cell, by the name the exercise defines; everything else is ignored;
 2. puts them into a fresh copy of the instructor's notebook (`solutions/WEEK.ipynb`): the
-   setup, the check cells and their expected outputs are the instructor's, so editing,
-   deleting or faking a check changes nothing; hidden tests (`tests/hidden/WEEK.py`) are
-   added after each check; demo cells are left out (they take time and grade nothing);
+   setup and the check cells are the instructor's, so editing, deleting or faking a check
+   changes nothing; before each check, vitlib is imported afresh, so monkeypatching it (the
+   checks or the references they compare with) changes nothing either; hidden tests
+   (`tests/hidden/WEEK.py`) run after the last exercise, on what each check tested (no cell of
+   the student's runs once they are in the kernel, so none can reveal them); demo cells are
+   left out (they take time and grade nothing);
 3. runs it with nbval (`pytest --nbval-lax`) in its own kernel, in a temporary folder, with a
-   per-cell timeout; an exercise that hangs or kills the kernel gets 0 and the exercises
-   after it are run again in a fresh kernel without it;
+   per-cell timeout; a check passes when it raises nothing, as in the student's notebook
+   (what their code prints or warns along the way does not count); an exercise that hangs or
+   kills the kernel gets 0 and the exercises after it are run again in a fresh kernel
+   without it;
 4. writes `OUT/grades.csv` (student, week, exercise, points, max_points, status, message),
    `OUT/feedback/<student>.md` (hidden tests are never revealed), and a summary on stdout.
 
 Statuses: passed, failed (the check said no, a hidden test said no, or the exercise is still
 a stub), error (an exception other than the check's, a kernel crash, or a file that is not a
-notebook), timeout, missing (no such cell in the submission).
+notebook or is over 100 MB), timeout, missing (no such cell in the submission).
+Only `*.ipynb` files and folders are submissions; names starting with "." are skipped.
 Submissions are only read, never written. The same submission always gets the same grade.
 """
 
@@ -47,10 +53,12 @@ from vitlib.notebooks import ROOT, stub_source
 
 __all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_submission", "grade_class", "main"]
 
-MAX_NOTEBOOK_BYTES = 20_000_000
+MAX_NOTEBOOK_BYTES = 100_000_000  # stored outputs count: a cell that printed 20 MB is still graded
 MAX_MESSAGE_CHARS = 1500
 _ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*m")  # colour codes, raw or as junit XML escapes them
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Interrupt|Exit)): ?(.*)$")
+_NBVAL_TIMEOUT = re.compile(r"^Cell \d+: Timeout of ([\d.]+) seconds exceeded(.*)$", re.MULTILINE)  # nbval's line, not the cell's text
+_WHO = {"exercise": "your exercise cell", "integrity": "re-importing vitlib", "check": "the check", "hidden": "a hidden test"}
 STATUSES = ("passed", "failed", "error", "timeout", "missing")
 
 
@@ -130,7 +138,10 @@ def load_exercises(week: str, solutions: Path = ROOT / "solutions", hidden: Path
 
 
 def find_submissions(folder: Path, week: str) -> dict[str, Path | None]:
-    """Student id -> their notebook (None: a folder without a notebook for this week)."""
+    """Student id -> their notebook (None: a folder without a notebook for this week).
+
+    Files other than notebooks (a README, the class list, ...) are not submissions.
+    """
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of submissions")
     found: dict[str, Path | None] = {}
@@ -140,36 +151,52 @@ def find_submissions(folder: Path, week: str) -> dict[str, Path | None]:
         if entry.is_dir():
             candidates = [entry / f"{week}.ipynb"] if (entry / f"{week}.ipynb").is_file() else sorted(entry.glob("*.ipynb"))
             found[entry.name] = candidates[0] if len(candidates) == 1 else None
-        elif entry.is_file():
+        elif entry.is_file() and entry.suffix.lower() == ".ipynb":
             found[entry.stem] = entry
     return found
 
 
-def _read_submission(path: Path | None) -> tuple[list[NotebookNode], str | None]:
-    """The submission's code cells, or an error message saying why there are none."""
+def _read_submission(path: Path | None) -> tuple[list[dict[str, str | None]], str | None]:
+    """The submission's code cells as {"id", "source"}, or an error message saying why there are none.
+
+    The JSON is read as it is: nbformat's reader would "repair" duplicate cell ids (renaming all
+    but the first) and give random ids to cells without one, and the grader needs them as saved.
+    """
     if path is None:
         return [], "no notebook for this week in the student's folder (or several)"
     try:
         size = path.stat().st_size
         if size > MAX_NOTEBOOK_BYTES:
             return [], f"the file is {size / 1e6:.0f} MB, over the {MAX_NOTEBOOK_BYTES / 1e6:.0f} MB limit for a notebook"
-        raw = path.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-        nb = nbformat.reads(json.dumps(data), as_version=4)
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        if isinstance(data, dict) and data.get("nbformat") == 3:  # an old notebook: cells in worksheets
+            data = nbformat.convert(nbformat.from_dict(data), 4)
     except UnicodeDecodeError:
         return [], "the file is not a notebook (not text)"
-    except (ValueError, nbformat.reader.NotJSONError) as error:
+    except ValueError as error:
         return [], f"the file is not a valid notebook ({str(error).splitlines()[0][:200]})"
-    except Exception as error:  # any other malformed structure
+    except Exception as error:  # an unreadable file, or a broken old notebook
         return [], f"the file is not a valid notebook ({type(error).__name__})"
-    cells = [c for c in nb.get("cells", []) if isinstance(c, dict) and c.get("cell_type") == "code"]
-    return cells, None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        return [], "the file is not a notebook (it has no list of cells)"
+    code = [c for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
+    return [{"id": c.get("id") if isinstance(c.get("id"), str) else None, "source": _text(c.get("source"))} for c in code], None
+
+
+def _text(source: object) -> str:
+    """A cell's source as saved: a string, or a list of lines (anything else counts as empty)."""
+    if isinstance(source, str):
+        return source
+    if isinstance(source, list):
+        return "".join(line for line in source if isinstance(line, str))
+    return ""
 
 
 def _defines(source: str, name: str) -> bool:
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError):  # not Python (ValueError: a null byte)
         return False
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.name == name:
@@ -177,58 +204,72 @@ def _defines(source: str, name: str) -> bool:
     return False
 
 
-def _student_source(cells: list[NotebookNode], exercise: Exercise) -> str | None:
-    """The student's cell for `exercise`: by id; else the last cell defining its name; else None."""
-    by_id = [c for c in cells if c.get("id") == f"ex-{exercise.name}"]
+def _student_source(cells: list[dict[str, str | None]], exercise: Exercise) -> str | None:
+    """The student's cell for `exercise`: by id (the last of several); else the last cell defining its name; else None."""
+    by_id = [c["source"] for c in cells if c["id"] == f"ex-{exercise.name}"]
     if by_id:
-        return "".join(by_id[-1].get("source", ""))
+        return by_id[-1]
     if exercise.defines:
-        retyped = [c for c in cells if _defines("".join(c.get("source", "")), exercise.defines)]
+        retyped = [c["source"] for c in cells if _defines(c["source"], exercise.defines)]
         if retyped:
-            return "".join(retyped[-1].get("source", ""))
+            return retyped[-1]
     return None
 
 
 # --- the graded notebook ------------------------------------------------------------------------------
 
-_FRESH_CHECKS = """\
-# vitlib.grade: the checks as shipped, whatever the exercise cells did to them
+_FRESH_VITLIB = """\
+# vitlib.grade: vitlib and its checks as shipped, whatever the exercise cells did to them
 import importlib, sys
-for _name in sorted(m for m in list(sys.modules) if m == "vitlib.checks" or m.startswith("vitlib.checks.")):
-    importlib.reload(sys.modules[_name])
-from vitlib import checks
-import vitlib.checks"""
+_passed = set(getattr(sys.modules.get("vitlib.checks"), "_PASSED", ()))  # for checks.mine_or_reference
+_loaded = sorted(m for m in sys.modules if m == "vitlib" or m.startswith("vitlib."))
+for _name in _loaded:
+    del sys.modules[_name]
+for _name in _loaded:  # the same modules, imported afresh from their files
+    importlib.import_module(_name)
+import vitlib
+import vitlib.checks
+vitlib.checks._PASSED.update(_passed)
+from vitlib import checks"""
+
+_KEEP = """
+_graded_by_vitlib = globals().get("_graded_by_vitlib", {{}})
+_graded_by_vitlib[{name!r}] = globals().get({name!r})  # what the check tests is what the hidden test gets"""
 
 
 def _graded_notebook(
     week: _Week, sources: dict[str, str], stubbed: set[str]
 ) -> tuple[NotebookNode, list[tuple[str, str]]]:
-    """The instructor's notebook with the student's exercise cells; returns it and (exercise, role) per code cell."""
+    """The instructor's notebook with the student's exercise cells; returns it and (exercise, role) per code cell.
+
+    No cell keeps a stored output, so nbval compares none: a cell passes when it raises nothing.
+    """
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": dict(week.notebook.metadata.get("kernelspec", {"name": "python3"}))}
     roles: list[tuple[str, str]] = []
     modules = sorted(set(re.findall(r"checks\.(\w+)\.check_", "".join(e.check_source for e in week.exercises))))
 
-    def add(source: str, exercise: str, role: str, original: NotebookNode | None = None) -> None:
-        cell = nbformat.v4.new_code_cell(source)
-        if original is not None:
-            cell.outputs, cell.execution_count = original.outputs, original.execution_count
-        nb.cells.append(cell)
+    def add(source: str, exercise: str, role: str) -> None:
+        nb.cells.append(nbformat.v4.new_code_cell(source))
         roles.append((exercise, role))
 
     by_id = {c.get("id"): c for c in week.notebook.cells}
     for cell in week.notebook.cells:
         if cell.cell_type == "code" and "setup" in cell.metadata.get("tags", []):
             add(cell.source, "", "setup")
+    hidden = []  # run last: a later exercise cell could raise an error quoting them
     for exercise in week.exercises:
         if exercise.name in stubbed:
             add(stub_source(exercise.source), exercise.name, "stub")
             continue
         add(sources[exercise.name], exercise.name, "exercise")
-        add(_FRESH_CHECKS + "".join(f"\nimport vitlib.checks.{m}" for m in modules), exercise.name, "integrity")
-        add(by_id[f"check-{exercise.name}"].source, exercise.name, "check", by_id[f"check-{exercise.name}"])
+        fresh = _FRESH_VITLIB + "".join(f"\nimport vitlib.checks.{m}" for m in modules)
+        add(fresh + (_KEEP.format(name=exercise.defines) if exercise.defines else ""), exercise.name, "integrity")
+        add(by_id[f"check-{exercise.name}"].source, exercise.name, "check")
         if week.hidden_source and f"hidden_{exercise.name}" in week.hidden_functions and exercise.defines:
-            add(f"{week.hidden_source}\n\nhidden_{exercise.name}({exercise.defines})", exercise.name, "hidden")
+            hidden.append((exercise.name, f"{week.hidden_source}\n\nhidden_{exercise.name}(_graded_by_vitlib[{exercise.defines!r}])"))
+    for name, source in hidden:
+        add(source, name, "hidden")
     return nb, roles
 
 
@@ -261,10 +302,9 @@ def _short_message(text: str) -> str:
             rest = [line for line in lines[i + 1 :] if line.strip()]
             message = "\n".join([f"{kind.split('.')[-1]}: {first}"] + rest)
             return message[:MAX_MESSAGE_CHARS]
-    if "Timeout" in text:
-        return next((line.strip() for line in lines if "Timeout" in line), "timeout")[:MAX_MESSAGE_CHARS]
-    if "mismatch" in text.lower() or "differ" in text.lower():
-        return "the check printed something other than its expected line"
+    timeout = _NBVAL_TIMEOUT.search(text)
+    if timeout:
+        return timeout.group(0)[:MAX_MESSAGE_CHARS]
     return (lines[0] if lines else "failed")[:MAX_MESSAGE_CHARS]
 
 
@@ -344,14 +384,16 @@ def _collect(week: _Week, student: str, roles, outcomes, results: dict[str, Resu
         if outcome in ("xfail", "unrun"):
             return None  # after a hang or crash: graded in the next run
         by_exercise.setdefault(exercise, []).append((role, outcome, text))
-        if outcome == "failed" and "Timeout" in text:
-            crashed = "Failed to interrupt kernel" in text
-            status = "error" if crashed else "timeout"
-            message = (
-                "the kernel died while running this exercise (a crash, os._exit, or running out of memory?)"
-                if crashed
-                else f"{'your exercise cell' if role == 'exercise' else 'the check'} ran longer than the {_timeout_of(text)} limit: an infinite loop?"
-            )
+        timeout = _NBVAL_TIMEOUT.search(text) if outcome == "failed" else None
+        if timeout:
+            seconds, rest = timeout.groups()
+            if "Failed to interrupt kernel" in rest:  # nbval cannot tell a dead kernel from a deaf one
+                status, message = "error", (
+                    "the kernel died (or could not be interrupted) while running this exercise: "
+                    "a crash, os._exit, running out of memory, or a loop that ignores interrupts?"
+                )
+            else:
+                status, message = "timeout", f"{_WHO[role]} ran longer than the {seconds} s limit: an infinite loop?"
             results[exercise] = Result(student, exercise, 0.0, points[exercise], status, message)
             return exercise
         if i == last_cell[exercise]:
@@ -359,14 +401,10 @@ def _collect(week: _Week, student: str, roles, outcomes, results: dict[str, Resu
     return None
 
 
-def _timeout_of(text: str) -> str:
-    match = re.search(r"Timeout of ([\d.]+) seconds", text)
-    return f"{match.group(1)} s" if match else "time"
-
-
 def _verdict(student: str, exercise: str, points: float, cells: list[tuple[str, str, str]]) -> Result:
     outcome = {role: (result, text) for role, result, text in cells}
     ex_result, ex_text = outcome.get("exercise", ("passed", ""))
+    integrity_result, integrity_text = outcome.get("integrity", ("passed", ""))
     check_result, check_text = outcome.get("check", ("passed", ""))
     hidden_result, _ = outcome.get("hidden", ("passed", ""))
     if ex_result == "failed":
@@ -374,11 +412,13 @@ def _verdict(student: str, exercise: str, points: float, cells: list[tuple[str, 
         if message.startswith("NotImplementedError"):
             return Result(student, exercise, 0.0, points, "failed", "not written yet (the exercise cell still raises NotImplementedError)")
         return Result(student, exercise, 0.0, points, "error", f"the exercise cell raised {message}")
+    if integrity_result == "failed":  # the exercise cell broke vitlib so that it cannot be imported afresh
+        return Result(student, exercise, 0.0, points, "error", f"re-importing vitlib after the exercise cell raised {_short_message(integrity_text)}")
     if check_result == "failed":
         message = _short_message(check_text)
         if message.startswith("NotImplementedError"):
             return Result(student, exercise, 0.0, points, "failed", "not written yet")
-        status = "failed" if message.startswith(("CheckFailed", "AssertionError")) or "expected line" in message else "error"
+        status = "failed" if message.startswith(("CheckFailed", "AssertionError")) else "error"
         return Result(student, exercise, 0.0, points, status, message)
     if hidden_result == "failed":
         return Result(student, exercise, 0.0, points, "failed", "passed its check, but failed a hidden test", hidden=True)
