@@ -49,7 +49,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from vitlib.notebooks import ROOT, stub_source
+from vitlib.notebooks import ROOT, stub_source, write_text_atomic
 
 __all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_submission", "grade_class", "main"]
 
@@ -428,18 +428,6 @@ def _verdict(student: str, exercise: str, points: float, cells: list[tuple[str, 
 # --- the class ---------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _feedback(week: str, student: str, results: list[Result]) -> str:
     total, maximum = sum(r.points for r in results), sum(r.max_points for r in results)
     lines = [f"# {week}: feedback for {student}", "", f"**{total:g} / {maximum:g} points**", ""]
@@ -484,8 +472,8 @@ def grade_class(
         for r in graded[student]:
             writer.writerow([student, week, r.exercise, f"{r.points:g}", f"{r.max_points:g}", r.status, r.message])
             all_results.append(r)
-        _write_atomic(out / "feedback" / f"{student}.md", _feedback(week, student, graded[student]))
-    _write_atomic(out / "grades.csv", buffer.getvalue())
+        write_text_atomic(out / "feedback" / f"{student}.md", _feedback(week, student, graded[student]))
+    write_text_atomic(out / "grades.csv", buffer.getvalue())
     return all_results
 
 

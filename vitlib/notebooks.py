@@ -37,6 +37,7 @@ __all__ = [
     "is_checked",
     "student_notebook",
     "clean_metadata",
+    "write_text_atomic",
     "lint",
     "generate",
     "refresh",
@@ -172,10 +173,12 @@ def lint(nb: NotebookNode, name: str = "notebook") -> list[str]:
     return problems
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -211,7 +214,7 @@ def generate(
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             stale.append(path.name)
             if not check:
-                _write_atomic(target, text)
+                write_text_atomic(target, text)
     if not names:
         orphans = sorted({p.name for p in weeks.glob("*.ipynb")} - {p.name for p in sources})
         stale += [f"{name} (no solution)" for name in orphans]
@@ -228,7 +231,7 @@ def refresh(path: Path, timeout: int = 1200) -> None:
     for cell in nb.cells:
         if cell.cell_type == "code" and not is_checked(cell):
             cell.outputs, cell.execution_count = [], None
-    _write_atomic(path, nbformat.writes(nb) + "\n")
+    write_text_atomic(path, nbformat.writes(nb) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
