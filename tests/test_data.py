@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets
-from torchvision.transforms import v2
 
+from data_files import CIFAR_CLASSES, make_cifar_folder, make_idx_split, write_idx
 from vitlib import data
 from vitlib.data import (
     AUGMENTATIONS,
@@ -39,49 +39,8 @@ MAX_BUNDLED_BYTES = 5_000_000
 
 
 # --------------------------------------------------------------------------------------
-# Helpers writing small files in the real formats
+# Stand-ins for torchvision's downloaders
 # --------------------------------------------------------------------------------------
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    """Write a uint8 array as an IDX file: 00 00 08 ndim, big-endian int32 sizes, data."""
-    content = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(content) if gz else content)
-
-
-def make_idx_split(folder: Path, split: str, n: int, gz: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Write the two IDX files of a split (n random 28x28 images) into ``folder``."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)  # (n, 28, 28)
-    labels = (np.arange(n) % 10).astype(np.uint8)  # (n,)
-    prefix = "train" if split == "train" else "t10k"
-    suffix = ".gz" if gz else ""
-    write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz)
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
-    return images, labels
-
-
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def make_cifar_folder(folder: Path, per_batch: int = 3) -> None:
-    """Write a tiny cifar-10-batches-py: 5 train batches, a test batch and batches.meta.
-
-    All pixels are 0 except one: in data_batch_2, image 1 has value 200 at blue
-    channel, row 5, column 7. Labels count up 0, 1, 2, ... across the batches.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for b, name in enumerate(names):
-        rows = np.zeros((per_batch, 3072), dtype=np.uint8)  # (n, 3072): 1024 R, 1024 G, 1024 B
-        if name == "data_batch_2":
-            rows[1, 2 * 1024 + 5 * 32 + 7] = 200
-        labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": rows, b"labels": labels}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072}, f)
-
 
 class FakeTorchvisionDataset:
     """Stands in for torchvision.datasets.X: records its arguments, then fails or "downloads"."""
@@ -474,8 +433,9 @@ def test_train_transform_keeps_shape_and_augments(name, channels, size):
         outputs.append(augment(image))
     assert all(out.shape == (channels, size, size) and out.dtype == torch.float32 for out in outputs)
     assert any(not torch.equal(out, evaluated) for out in outputs)
-    has_flip = any(isinstance(step, v2.RandomHorizontalFlip) for step in augment.transforms)
-    assert has_flip == (name != "mnist")  # a mirrored digit is another digit
+    assert augment.flip == (name != "mnist")  # a mirrored digit is another digit
+    assert augment.padding >= 2 and augment.erasing == 0
+    assert train_transform(dataset, "strong").erasing > 0
 
 
 def test_unknown_augment_lists_the_known_ones():

@@ -225,3 +225,28 @@ def test_create_vit_overrides():
     model = create_vit("vit_course_28", num_layers=1, num_classes=3)
     assert model.config.num_layers == 1 and model.config.num_classes == 3
     assert len(model.encoder.layers) == 1
+
+
+def test_patch_dropout_keeps_the_class_token_and_a_random_subset_in_training_only():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(image_size=28, patch_size=4, in_channels=1, num_classes=10, hidden_dim=32,
+                          mlp_dim=64, num_layers=1, num_heads=2, patch_dropout=0.5))
+    images = torch.randn(3, 1, 28, 28)
+    model.eval()
+    full = model.embed(images)  # (3, 50, 32)
+    assert full.shape == (3, 50, 32)
+    model.train()
+    kept = model.embed(images)  # (3, 1 + 24, 32): round(49 * 0.5) = 24 patches stay
+    assert kept.shape == (3, 25, 32)
+    torch.testing.assert_close(kept[:, 0], full[:, 0])  # the class token is always kept
+    for b in range(3):  # every kept token is one of the image's own tokens, each at most once
+        distances = (kept[b, 1:, None, :] - full[b, None, 1:, :]).abs().amax(dim=-1)  # (24, 49)
+        matches = distances.argmin(dim=1)
+        assert distances.min(dim=1).values.max() < 1e-6
+        assert len(set(matches.tolist())) == 24
+    assert model(images).shape == (3, 10)  # the head still reads the class token
+
+
+def test_patch_dropout_must_be_a_fraction():
+    with pytest.raises(ValueError, match="patch_dropout must be in"):
+        ViTConfig(patch_dropout=1.0)

@@ -145,7 +145,8 @@ def test_history_has_every_key_with_plain_values(tmp_path):
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
         assert len(history[key]) == 3 and all(type(v) is float for v in history[key]), key
     assert history["epoch"] == [1, 2, 3]
-    assert set(HISTORY_KEYS) | {"checkpoint", "device"} == set(history)
+    assert set(HISTORY_KEYS) | {"checkpoint", "device", "stopped_early"} == set(history)
+    assert history["stopped_early"] is False
     assert all(0.0 <= a <= 1.0 for a in history["train_accuracy"] + history["test_accuracy"])
     assert history["seconds"] == sorted(history["seconds"])  # cumulative
     assert max(history["step_lr"]) == pytest.approx(1e-3)
@@ -241,3 +242,109 @@ def test_resume_to_more_epochs_continues(tmp_path):
     history = train(model, brightness_data(64), brightness_data(32), quick(epochs=2), out_dir=tmp_path, resume=True)
     assert history["epoch"] == [1, 2]
     assert len(history["step_loss"]) == 2 * 2
+
+
+# --- in-memory batches, mixing and the time limit ------------------------------
+
+
+def uint8_dataset(n: int = 192, seed: int = 0):
+    """An ImageDataset (what load_dataset returns) of dark and bright 28×28 images."""
+    from vitlib.data import ImageDataset
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = (torch.rand(n, 1, 28, 28, generator=g) * 150 + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
+    return ImageDataset(images, labels, ["dark", "bright"], name="fashion-mnist", mean=(0.4,), std=(0.3,))
+
+
+class OneByOne(Dataset):
+    """The same items, served one at a time: forces the DataLoader path."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[index]
+
+
+@pytest.mark.parametrize("augment", ["none", "basic"])
+def test_whole_batches_in_memory_train_like_the_dataloader(augment):
+    from vitlib.data import eval_transform, train_transform
+
+    train_set, test_set = uint8_dataset(), uint8_dataset(64, seed=1)
+    test_set.transform = eval_transform(test_set)
+    train_set.transform = train_transform(train_set, augment)
+    fast = tiny_model()
+    train(fast, train_set, test_set, quick(epochs=2))
+    if augment == "none":  # same order, same arithmetic: the same weights
+        slow = tiny_model()
+        train(slow, OneByOne(train_set), OneByOne(test_set), quick(epochs=2))
+        for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    from vitlib.train import evaluate
+
+    assert evaluate(fast, test_set) == pytest.approx(evaluate(fast, OneByOne(test_set)))
+
+
+def test_augmented_in_memory_training_is_reproducible():
+    from vitlib.data import eval_transform, train_transform
+
+    def run():
+        train_set, test_set = uint8_dataset(), uint8_dataset(64, seed=1)
+        train_set.transform = train_transform(train_set, "strong")
+        test_set.transform = eval_transform(test_set)
+        model = tiny_model()
+        train(model, train_set, test_set, quick(epochs=2, mixup=0.2, cutmix=1.0))
+        return model
+
+    for a, b in zip(run().state_dict().values(), run().state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_mixup_and_cutmix_still_learn():
+    from vitlib.data import eval_transform
+
+    train_set, test_set = uint8_dataset(384), uint8_dataset(128, seed=1)
+    train_set.transform = eval_transform(train_set)
+    test_set.transform = eval_transform(test_set)
+    history = train(tiny_model(), train_set, test_set, quick(epochs=4, lr=3e-3, mixup=0.2, cutmix=1.0))
+    assert history["test_accuracy"][-1] > 0.9
+
+
+class Slow(Dataset):
+    """Each item takes `delay` seconds: a machine slower than the recipe planned for."""
+
+    def __init__(self, base: Dataset, delay: float) -> None:
+        self.base, self.delay = base, delay
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        import time
+
+        time.sleep(self.delay)
+        return self.base[index]
+
+
+def test_time_limit_stops_the_run_with_the_schedule_finished():
+    config = quick(epochs=100, time_limit=1.5, min_lr=0.0)
+    history = train(tiny_model(), Slow(brightness_data(96), 0.002), brightness_data(32, seed=1), config)
+    assert history["stopped_early"] is True
+    assert len(history["epoch"]) < 100
+    assert history["seconds"][-1] <= 1.5
+    # the cosine followed the clock: the last steps ran at a small fraction of the peak
+    assert history["step_lr"][-1] < 0.2 * config.lr
+    assert len(history["test_accuracy"]) == len(history["epoch"])  # every epoch evaluated, the cut one too
+
+
+def test_time_limit_that_never_binds_changes_nothing():
+    a, b = tiny_model(), tiny_model()
+    ha = train(a, brightness_data(96), brightness_data(32, seed=1), quick(epochs=2))
+    hb = train(b, brightness_data(96), brightness_data(32, seed=1), quick(epochs=2, time_limit=600.0))
+    assert hb["stopped_early"] is False and ha["step_lr"] == hb["step_lr"]
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)

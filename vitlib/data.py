@@ -42,11 +42,12 @@ import numpy as np
 import torch
 import torchvision.datasets
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
+
+from vitlib.augment import BatchTransform
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "fashion-mnist-small")
 SPLITS = ("train", "test")
-AUGMENTATIONS = ("none", "basic")
+AUGMENTATIONS = ("none", "flip", "basic", "strong")
 
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
@@ -481,33 +482,39 @@ def load_dataset(
 
 
 # --------------------------------------------------------------------------------------
-# Transforms: act on one uint8 (C, H, W) image, return float32 (C, H, W)
+# Transforms: uint8 images (C, H, W) or batches (B, C, H, W) in, normalised float32 out
 # --------------------------------------------------------------------------------------
 
-def eval_transform(dataset: ImageDataset) -> v2.Compose:
+def eval_transform(dataset: ImageDataset) -> BatchTransform:
     """Scale to [0, 1] and normalise with the dataset's training-set mean and std."""
-    return v2.Compose([
-        v2.ToDtype(torch.float32, scale=True),  # (C, H, W) uint8 -> float32 in [0, 1]
-        v2.Normalize(list(dataset.mean), list(dataset.std)),
-    ])
+    return BatchTransform(dataset.mean, dataset.std)
 
 
-def train_transform(dataset: ImageDataset, augment: str = "basic") -> v2.Compose:
+def train_transform(dataset: ImageDataset, augment: str = "basic") -> BatchTransform:
     """The training transform: random augmentation, then the same steps as :func:`eval_transform`.
 
     ``augment`` is one of ``AUGMENTATIONS``:
 
     - ``"none"``: no augmentation, identical to the evaluation transform;
+    - ``"flip"``: only the random horizontal flip, for datasets in ``FLIP_SAFE`` (for
+      MNIST it is ``"none"``): the mildest regulariser, it keeps the patch grid;
     - ``"basic"``: a random crop from the image padded with zeros by size // 8 pixels
       (at least 2) on every side, and, for datasets in ``FLIP_SAFE`` (not MNIST),
-      a random horizontal flip.
+      a random horizontal flip;
+    - ``"strong"``: ``"basic"``, then random erasing of one rectangle in a quarter
+      of the images (DeiT's setting). Mixup and cutmix act on labels too: they are
+      :class:`vitlib.train.TrainConfig` settings.
+
+    The result is a :class:`vitlib.augment.BatchTransform`: it works on one image or
+    on a whole batch, and the training engine applies it batch by batch, on the device.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}; known augmentations: {', '.join(AUGMENTATIONS)}")
     if augment == "none":
         return eval_transform(dataset)
-    size = dataset.image_size
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = [v2.RandomCrop(size, padding=max(2, size // 8))]  # (C, H, W), shifted
-    if dataset.name in FLIP_SAFE:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + list(eval_transform(dataset).transforms))
+    return BatchTransform(
+        dataset.mean, dataset.std,
+        padding=0 if augment == "flip" else max(2, dataset.image_size // 8),  # a shift of up to 3 pixels on 28×28, 4 on 32×32
+        flip=dataset.name in FLIP_SAFE,
+        erasing=0.25 if augment == "strong" else 0.0,
+    )

@@ -46,6 +46,7 @@ class ViTConfig:
     num_heads: int = 12  # k, "Heads"
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    patch_dropout: float = 0.0  # fraction of patch tokens dropped in training (PatchDropout); 0 = off
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
 
@@ -66,7 +67,7 @@ class ViTConfig:
                 f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}: "
                 "each head gets D / k dimensions (eq. 8)"
             )
-        for name in ("dropout", "attention_dropout"):
+        for name in ("dropout", "attention_dropout", "patch_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
@@ -131,7 +132,24 @@ class ViT(nn.Module):
         x = self.patch_embed(images)  # (B, N, D)
         x_class = self.class_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         z0 = torch.cat([x_class, x], dim=1) + self.pos_embedding  # (B, N+1, D)
+        if self.training and self.config.patch_dropout > 0:
+            z0 = self.drop_patches(z0)  # (B, 1+K, D)
         return self.pos_drop(z0)
+
+    def drop_patches(self, z0: torch.Tensor) -> torch.Tensor:
+        """PatchDropout (Liu et al. 2022): keep a random ``1 - patch_dropout`` of the patch tokens.
+
+        Training only. The position embeddings are already added, so the kept tokens
+        still know where they came from; attention does not care about their order.
+        Fewer tokens make a step cheaper (attention and MLP cost scale with N) and act
+        as augmentation; at test time every patch is used. z0 (B, N+1, D) -> (B, 1+K, D).
+        """
+        B, n_plus_1, D = z0.shape
+        N = n_plus_1 - 1
+        K = max(1, round(N * (1 - self.config.patch_dropout)))
+        keep = torch.rand(B, N, device=z0.device).argsort(dim=1)[:, :K]  # (B, K) random patch indices
+        patches = z0[:, 1:].gather(1, keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
+        return torch.cat([z0[:, :1], patches], dim=1)  # (B, 1+K, D): the class token stays
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Eqs. 1 to 4: images (B, C, H, W) -> y = LN(z_L^0), the class-token features (B, D)."""

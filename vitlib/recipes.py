@@ -1,25 +1,43 @@
 """Named training recipes: a model, a data set, a schedule, and the test accuracy each one reaches.
 
-The course's week 05 trains with the budget of the machine it runs on: `budget()` is
+Run one from the shell (the last line on stdout is JSON with ``test_accuracy`` and ``seconds``)::
+
+    python -m vitlib.train --recipe fashion-mnist-cpu     # ≥ 90% on a 2-core CPU, stops itself within 10 minutes
+    python -m vitlib.train --recipe fashion-mnist         # one GPU
+    python -m vitlib.train --recipe cifar10 --data-root ~/data
+
+or from Python: ``run_recipe(get_recipe("fashion-mnist-cpu"))``.
+
+Every recipe trains a plain ViT (patch embedding, class token, pre-norm encoder, no
+convolutional stem) from scratch, with what the small-data ViT literature found: small
+patches on small images, AdamW with warm-up and cosine decay, label smoothing, no
+dropout at small scale and, where training is long enough to profit, augmentation
+(random crops, flips, random erasing, mixup, cutmix). ``goal`` is the accuracy a recipe
+is meant to reach; BENCHMARKS.md records what was measured, on which device, when, with
+which command, and says plainly which goals were not measured.
+
+The course's week 05 trains with the budget of the machine it runs on: :func:`budget` is
 "gpu" where CUDA is available, else "cpu", and the environment variable VITLIB_BUDGET
-overrides it ("smoke" runs a few steps, to test that a notebook runs at all). Each
-recipe's `goal` is the accuracy its notebook asserts; the measured figures, with
-device, date and command, are in BENCHMARKS.md.
+overrides it ("smoke" runs a few steps, to test that a notebook runs at all);
+:func:`for_budget` picks the recipe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from vitlib.train import TrainConfig
+from vitlib.train_config import TrainConfig
 
-__all__ = ["Recipe", "RECIPES", "BUDGETS", "budget", "get_recipe"]
+__all__ = ["BUDGETS", "RECIPES", "Recipe", "budget", "for_budget", "get_recipe"]
 
 BUDGETS = ("smoke", "cpu", "gpu")
 
-# A small, fast ViT for 28×28 images on a CPU: 7×7 patches (16 tokens), D = 64, 4 layers, 139k parameters.
+# 28×28 images on a CPU: 7×7 patches (16 tokens), D = 64, 4 layers, 4 heads, 139k parameters.
 _CPU_VIT = dict(patch_size=7, hidden_dim=64, num_layers=4, num_heads=4, mlp_dim=128)
+# 28×28 images on a GPU: 4×4 patches (49 tokens), D = 192, 8 layers, 3.6M parameters.
+_GPU_VIT_28 = dict(patch_size=4, hidden_dim=192, num_layers=8, num_heads=4, mlp_dim=384)
 
 
 @dataclass(frozen=True)
@@ -33,47 +51,100 @@ class Recipe:
     train: TrainConfig
     model_overrides: dict = field(default_factory=dict)
     augment: str = "none"
-    goal: float = 0.0  # the test accuracy this recipe reaches (asserted where it is used)
+    goal: float = 0.0  # the test accuracy this recipe is meant to reach (measured: BENCHMARKS.md)
+    # What notebooks and tests assert: the goal, less a margin where a busy or slower machine
+    # gets fewer epochs in the recipe's time limit. Catches a broken model, not a slow laptop.
+    floor: float | None = None
+    device_class: str = "any"  # what the goal was set for: "cpu" (2 cores), "gpu" (one H100), "any"
+
+    @property
+    def assert_at_least(self) -> float:
+        """The accuracy a notebook asserts after running this recipe: ``floor``, else ``goal``."""
+        return self.goal if self.floor is None else self.floor
+
+    def with_train(self, **changes) -> Recipe:
+        """A copy with some TrainConfig settings changed (e.g. ``epochs=1`` for a smoke test)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
 
-RECIPES: dict[str, Recipe] = {
-    "course-smoke": Recipe(
-        name="course-smoke",
-        description="a few steps on the bundled subset: checks that a notebook runs, not what it learns",
-        dataset="fashion-mnist-small",
-        model="vit_course_28",
-        model_overrides=dict(_CPU_VIT, num_layers=1),
-        train=TrainConfig(epochs=1, batch_size=256, lr=2e-3, warmup_epochs=0.3, label_smoothing=0.0),
-        goal=0.0,
-    ),
-    "course-cpu": Recipe(
-        name="course-cpu",
-        description="week 05 on a laptop CPU: Fashion-MNIST, 5 epochs, about 3 minutes on 2 cores",
-        dataset="fashion-mnist",
-        model="vit_course_28",
-        model_overrides=_CPU_VIT,
-        train=TrainConfig(epochs=5, batch_size=128, lr=2e-3, warmup_epochs=0.3, label_smoothing=0.0),
-        goal=0.85,
-    ),
-    "course-cpu-small": Recipe(
-        name="course-cpu-small",
-        description="week 05 offline with only the bundled 8,000-image subset",
-        dataset="fashion-mnist-small",
-        model="vit_course_28",
-        model_overrides=_CPU_VIT,
-        train=TrainConfig(epochs=15, batch_size=128, lr=2e-3, warmup_epochs=0.3, label_smoothing=0.0),
-        goal=0.82,
-    ),
-    "course-gpu": Recipe(
-        name="course-gpu",
-        description="week 05 on one GPU: 4×4 patches, D = 128, 6 layers, 40 epochs with augmentation",
-        dataset="fashion-mnist",
-        model="vit_course_28",
-        train=TrainConfig(epochs=40, batch_size=256, lr=1e-3, warmup_epochs=2.0, label_smoothing=0.1),
-        augment="basic",
-        goal=0.92,
-    ),
-}
+RECIPES: dict[str, Recipe] = {}
+
+
+def _add(recipe: Recipe) -> None:
+    RECIPES[recipe.name] = recipe
+
+
+_add(Recipe(
+    name="fashion-mnist-cpu",
+    description="Fashion-MNIST on a 2-core CPU: patch 7, D = 64, 4 layers, a quarter of the patches "
+                "dropped in training, flips, 36 epochs; stops itself within 10 minutes",
+    dataset="fashion-mnist",
+    model="vit_course_28",
+    model_overrides=dict(_CPU_VIT, patch_dropout=0.25),
+    train=TrainConfig(epochs=36, batch_size=128, lr=2e-3, warmup_epochs=1.0, label_smoothing=0.1,
+                      time_limit=550.0),
+    augment="flip",
+    goal=0.90,
+    floor=0.88,
+    device_class="cpu",
+))
+_add(Recipe(
+    name="fashion-mnist",
+    description="Fashion-MNIST on one GPU: patch 4, D = 192, 8 layers, 150 epochs, strong augmentation",
+    dataset="fashion-mnist",
+    model="vit_course_28",
+    model_overrides=_GPU_VIT_28,
+    train=TrainConfig(epochs=150, batch_size=512, lr=2e-3, warmup_epochs=5.0, label_smoothing=0.1,
+                      cutmix=1.0, mixup=0.2, time_limit=570.0, compile=True, num_workers=0),
+    augment="strong",
+    goal=0.95,
+    device_class="gpu",
+))
+_add(Recipe(
+    name="mnist",
+    description="MNIST on one GPU: patch 4, D = 192, 8 layers, 60 epochs, shifts and random erasing (no flips)",
+    dataset="mnist",
+    model="vit_course_28",
+    model_overrides=_GPU_VIT_28,
+    train=TrainConfig(epochs=60, batch_size=512, lr=2e-3, warmup_epochs=3.0, label_smoothing=0.1,
+                      time_limit=570.0, compile=True),
+    augment="strong",
+    goal=0.995,
+    device_class="gpu",
+))
+_add(Recipe(
+    name="cifar10",
+    description="CIFAR-10 on one H100: patch 4 (64 tokens), D = 384, 7 layers, 200 epochs, "
+                "crops, flips, random erasing, mixup/cutmix; stops itself within 15 minutes",
+    dataset="cifar10",
+    model="vit_course_32",
+    model_overrides=dict(patch_size=4, hidden_dim=384, num_layers=7, num_heads=6, mlp_dim=1152),
+    train=TrainConfig(epochs=200, batch_size=512, lr=1.5e-3, warmup_epochs=5.0, weight_decay=0.05,
+                      label_smoothing=0.1, mixup=0.8, cutmix=1.0, time_limit=870.0, compile=True),
+    augment="strong",
+    goal=0.91,
+    device_class="gpu",
+))
+# The course's own: week 05 without the full data set, and the notebooks' smoke test.
+_add(Recipe(
+    name="fashion-mnist-small",
+    description="week 05 offline with only the bundled 8,000-image subset, about 1.5 minutes on 2 cores",
+    dataset="fashion-mnist-small",
+    model="vit_course_28",
+    model_overrides=_CPU_VIT,
+    train=TrainConfig(epochs=15, batch_size=128, lr=2e-3, warmup_epochs=0.3, label_smoothing=0.0),
+    goal=0.82,
+    device_class="cpu",
+))
+_add(Recipe(
+    name="smoke",
+    description="one epoch of a 1-layer model on the bundled subset: checks that a notebook runs, not what it learns",
+    dataset="fashion-mnist-small",
+    model="vit_course_28",
+    model_overrides=dict(_CPU_VIT, num_layers=1),
+    train=TrainConfig(epochs=1, batch_size=256, lr=2e-3, warmup_epochs=0.3, label_smoothing=0.0),
+    goal=0.0,
+))
 
 
 def budget() -> str:
@@ -88,7 +159,20 @@ def budget() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def for_budget(name: str, full_data: bool = True) -> Recipe:
+    """Week 05's recipe for a budget: smoke → ``smoke``; cpu → ``fashion-mnist-cpu``;
+    gpu → ``fashion-mnist``; without the full data set (cpu or gpu) → ``fashion-mnist-small``."""
+    if name not in BUDGETS:
+        raise ValueError(f"unknown budget {name!r}; use one of: {', '.join(BUDGETS)}")
+    if name == "smoke":
+        return RECIPES["smoke"]
+    if not full_data:
+        return RECIPES["fashion-mnist-small"]
+    return RECIPES["fashion-mnist" if name == "gpu" else "fashion-mnist-cpu"]
+
+
 def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; an unknown name lists the known ones."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name]

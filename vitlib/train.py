@@ -32,7 +32,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,7 +42,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from tqdm.notebook import tqdm as _notebook_tqdm
 
+from vitlib.augment import BatchTransform, mix
 from vitlib.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
+from vitlib.data import ImageDataset
+from vitlib.train_config import TrainConfig
 
 __all__ = [
     "HISTORY_KEYS",
@@ -60,58 +62,6 @@ __all__ = [
 # -----------------------------------------------------------------------------
 # configuration
 # -----------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """How to train (the model's own shape lives in :class:`vitlib.model.ViTConfig`).
-
-    Defaults follow the ViT paper's recipe (Appendix B.1), scaled down for
-    small images: AdamW, ``warmup_epochs`` of linear warm-up, cosine decay to
-    ``min_lr``, gradient clipping at global norm ``grad_clip`` (0 = off).
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    amp: bool = True  # bf16 autocast, used only on cuda
-    eval_batch_size: int = 512
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"TrainConfig: {message}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            check(is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
-        for name in ("seed", "num_workers"):
-            value = getattr(self, name)
-            check(is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "grad_clip"):
-            value = getattr(self, name)
-            check(is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
-        check(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        check(self.min_lr <= self.lr, f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        check(self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        check(isinstance(self.device, str) and bool(self.device), f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        for name in ("amp", "progress"):
-            check(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -191,6 +141,70 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
+def _in_memory(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, BatchTransform | None] | None:
+    """``(images uint8 (N, C, H, W), labels (N,), transform)`` if ``data`` can be served batch by batch.
+
+    That is an :class:`~vitlib.data.ImageDataset` (or a ``Subset`` of one) whose
+    transform is None or a :class:`~vitlib.augment.BatchTransform`, what
+    :func:`~vitlib.data.load_dataset` and the transforms of :mod:`vitlib.data` give.
+    Anything else goes through a DataLoader, one item at a time.
+    """
+    base, indices = data, None
+    if isinstance(data, Subset):
+        base, indices = data.dataset, torch.as_tensor(list(data.indices), dtype=torch.long)
+    if not isinstance(base, ImageDataset):
+        return None
+    transform = base.transform
+    if transform is not None and not isinstance(transform, BatchTransform):
+        return None
+    images, labels = base.images, base.labels  # (N, C, H, W) uint8, (N,) int64
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    return images, labels, transform
+
+
+def _batches(
+    data: Dataset,
+    batch_size: int,
+    device: torch.device,
+    *,
+    order: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+) -> tuple[int, Any]:
+    """``(number of batches, iterable of (images, labels) on device)``, in ``order`` if given.
+
+    In-memory datasets (see :func:`_in_memory`) are moved to the device once and
+    transformed a whole batch at a time, drawing from ``generator`` (on ``device``);
+    other datasets go through a DataLoader. ``order`` is a permutation of the indices.
+    """
+    served = _in_memory(data)
+    if served is None:
+        sampler = order.tolist() if order is not None else None
+        loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+
+        def from_loader():
+            for images, labels in loader:
+                yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+        return len(loader), from_loader()
+
+    images, labels, transform = served
+    images, labels = images.to(device), labels.to(device)  # the whole split, once
+    count = len(labels)
+    index = order.to(device) if order is not None else torch.arange(count, device=device)  # (N,)
+
+    def from_memory():
+        for start in range(0, count, batch_size):
+            batch = index[start:start + batch_size]  # (B,)
+            x = images[batch]  # (B, C, H, W) uint8
+            x = transform(x, generator) if transform is not None else x.float() / 255  # (B, C, H, W) float32
+            yield x, labels[batch]
+
+    return math.ceil(count / batch_size), from_memory()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -207,17 +221,14 @@ def evaluate(
     the device of the model's parameters.
     """
     device = next(model.parameters()).device if device is None else torch.device(device)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    _, batches = _batches(data, batch_size, device, num_workers=num_workers)
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+    for images, labels in batches:
         with _autocast(device, amp):
-            logits = model(images)
+            logits = model(images)  # (B, K)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=-1) == labels).sum()
         count += labels.numel()
@@ -266,6 +277,16 @@ def train(
     stored alongside; ``resume=True`` continues from it. Returns the history: a
     dict of lists (see ``HISTORY_KEYS``) plus ``"checkpoint"`` (path or None)
     and ``"device"``. The model ends on the chosen device, in eval mode.
+
+    Datasets from :func:`vitlib.data.load_dataset` (with the transforms of
+    :mod:`vitlib.data`) are moved to the device once and transformed a batch at a
+    time; any other dataset goes through a DataLoader.
+
+    ``config.time_limit`` (seconds) makes the run stop itself: the cosine schedule
+    advances by steps or by the clock, whichever is further, so it reaches its end
+    at the deadline even on a machine slower than planned; the final evaluation
+    fits inside the limit. ``history["stopped_early"]`` says whether the clock,
+    not the epoch count, ended the run. (Such a run is not bitwise reproducible.)
     """
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir that holds last.pt")
@@ -314,19 +335,31 @@ def train(
                           amp=config.amp, num_workers=config.num_workers)
         print(f"checkpoint already at epoch {start_epoch - 1} of {config.epochs}: "
               f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.2%}")
-        return {**history, "checkpoint": str(checkpoint_path), "device": str(device)}
+        return {**history, "checkpoint": str(checkpoint_path), "device": str(device), "stopped_early": False}
 
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    mixing = config.mixup > 0 or config.cutmix > 0
+    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if mixing and not num_classes:
+        raise ValueError("mixup/cutmix need the number of classes: train a model with a .config.num_classes")
+    step_model = torch.compile(model) if config.compile else model
+    # With a time limit the schedule runs on the clock as well as on the step count:
+    # where the machine is slower than planned, the cosine still ends at the deadline
+    # (minus a reserve for the last evaluation) and training stops there.
+    reserve = 0.05 * config.time_limit  # until the first evaluation shows what it costs
+    stopped_early = False
     start_time = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
-        # Everything random in this epoch (shuffling, augmentation, dropout)
+        # Everything random in this epoch (shuffling, augmentation, mixing, dropout)
         # depends only on (seed, epoch): that is what makes resuming exact.
         torch.manual_seed(config.seed + epoch)
-        loader = DataLoader(
-            train_data, batch_size=config.batch_size, shuffle=True,
-            generator=_epoch_generator(config.seed, epoch),
-            num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        )
+        order = torch.randperm(len(train_data), generator=_epoch_generator(config.seed, epoch))  # (N,)
+        # (on the device where it can be: augmentation then never waits for the CPU)
+        generator_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+        augment_generator = torch.Generator(device=generator_device).manual_seed(config.seed * 1_000_003 + epoch + 7_919)
+        mix_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 15_485_863)
+        num_batches, batches = _batches(train_data, config.batch_size, device, order=order,
+                                        generator=augment_generator, num_workers=config.num_workers)
         model.train()
         # Per-step values stay on the device until the epoch ends (no sync per step).
         losses, grad_norms, lrs = [], [], []
@@ -334,19 +367,33 @@ def train(
         loss_sum, count = torch.zeros((), device=device), 0
         # At most one refresh a second: in Jupyter every refresh is a message to the front
         # end, and thousands of them overflow the kernel's output queue (nbval then times out).
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, mininterval=1.0,
-                   disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   mininterval=1.0, disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+        last_check = time.perf_counter()
         with bar:
-            for images, labels in bar:
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
+            for images, labels in bar:  # (B, C, H, W), (B,) on device
+                position = step
+                if config.time_limit:
+                    now = time.perf_counter()
+                    elapsed = seconds_before + now - start_time
+                    step_seconds, last_check = now - last_check, now  # one step, data included
+                    # stop before a step that could end past the deadline
+                    deadline = max(config.time_limit - reserve - step_seconds, 1e-9)
+                    if elapsed >= deadline:
+                        stopped_early = True
+                        break
+                    position = max(step, math.floor(total_steps * elapsed / deadline))  # the clock's step
+                lr = lr_at(position, total_steps, warmup_steps, config.lr, config.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
 
+                targets = labels
+                if mixing:
+                    images, targets = mix(images, labels, num_classes, mixup=config.mixup,
+                                          cutmix=config.cutmix, generator=mix_generator)  # soft (B, K)
                 with _autocast(device, config.amp):
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                    logits = step_model(images)  # (B, K)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # pre-clip norm
@@ -357,13 +404,19 @@ def train(
                 grad_norms.append(grad_norm.detach())
                 lrs.append(lr)
                 loss_sum += loss.detach() * labels.numel()
-                correct += (logits.argmax(dim=-1) == labels).sum()
+                dominant = targets.argmax(dim=-1) if mixing else labels  # (B,)
+                correct += (logits.argmax(dim=-1) == dominant).sum()
                 count += labels.numel()
-                if config.progress and (len(losses) % 10 == 1 or len(losses) == len(loader)):
+                if config.progress and (len(losses) % 10 == 1 or len(losses) == num_batches):
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
 
+        if not losses:  # the clock ran out before this epoch took a step
+            break
+        eval_start = time.perf_counter()
         result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
                           amp=config.amp, num_workers=config.num_workers)
+        # what the last evaluation will cost, with room to spare
+        reserve = min(2 * (time.perf_counter() - eval_start) + 0.01 * config.time_limit, 0.25 * config.time_limit)
         history["step_loss"] += torch.stack(losses).float().tolist()
         history["step_grad_norm"] += torch.stack(grad_norms).float().tolist()
         history["step_lr"] += lrs
@@ -378,7 +431,7 @@ def train(
                 f"epoch {epoch}/{config.epochs}  "
                 f"train loss {history['train_loss'][-1]:.4f} acc {history['train_accuracy'][-1]:.2%}  "
                 f"test loss {result['loss']:.4f} acc {result['accuracy']:.2%}  "
-                f"[{history['seconds'][-1]:.1f}s]",
+                f"[{history['seconds'][-1]:.1f}s]" + ("  (time limit: stopped early)" if stopped_early else ""),
                 file=sys.stdout if _IN_NOTEBOOK else sys.stderr,
             )
 
@@ -388,7 +441,10 @@ def train(
                 history={key: history[key] for key in HISTORY_KEYS},
                 train_config=dataclasses.asdict(config), extra=extra,
             )
+        if stopped_early:
+            break
 
+    history["stopped_early"] = stopped_early
     history["checkpoint"] = str(checkpoint_path) if checkpoint_path is not None else None
     history["device"] = str(device)
     return history
@@ -441,8 +497,10 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train a Vision Transformer (Dosovitskiy et al. 2020) on an image data set. "
                     "The last line on stdout is a JSON summary.",
     )
-    parser.add_argument("--model", required=True, help="model name, e.g. vit_course_28 (see vitlib.configs.CONFIGS)")
-    parser.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or fashion-mnist-small")
+    parser.add_argument("--recipe", help="a named recipe (see vitlib.recipes): model, data set, augmentation and "
+                                         "schedule in one; the options below override parts of it")
+    parser.add_argument("--model", help="model name, e.g. vit_course_28 (see vitlib.configs.CONFIGS)")
+    parser.add_argument("--dataset", help="mnist, fashion-mnist, cifar10 or fashion-mnist-small")
     parser.add_argument("--epochs", type=int, help="number of epochs (default 10)")
     parser.add_argument("--out", help="run folder for last.pt (default runs/MODEL-DATASET)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
@@ -458,7 +516,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on cuda")
-    parser.add_argument("--augment", default="basic", help="training augmentation (see vitlib.data.AUGMENTATIONS)")
+    parser.add_argument("--mixup", type=float, help="mixup Beta(α, α); 0 = off")
+    parser.add_argument("--cutmix", type=float, help="cutmix Beta(α, α); 0 = off")
+    parser.add_argument("--time-limit", type=float, help="stop after this many seconds, the schedule ending on time")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model for training (--no-compile: not even if the recipe says so)")
+    parser.add_argument("--augment", help="training augmentation: none, flip, basic (default) or strong")
     parser.add_argument("--data-root", help="where data sets are stored / downloaded")
     parser.add_argument("--subset", type=int, help="use only the first N train and N//4 test images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -467,21 +530,23 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Only the options given on the command line override TrainConfig's defaults."""
+def _train_config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """Only the options given on the command line override ``base`` (a recipe's, or the defaults)."""
     given = {
         "epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
         "lr": args.lr, "min_lr": args.min_lr, "weight_decay": args.weight_decay,
         "warmup_epochs": args.warmup_epochs, "label_smoothing": args.label_smoothing,
         "grad_clip": args.grad_clip, "seed": args.seed, "num_workers": args.num_workers,
-        "device": args.device,
+        "device": args.device, "mixup": args.mixup, "cutmix": args.cutmix, "time_limit": args.time_limit,
     }
     kwargs: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if args.no_amp:
         kwargs["amp"] = False
     if args.no_progress:
         kwargs["progress"] = False
-    return TrainConfig(**kwargs)
+    if args.compile is not None:
+        kwargs["compile"] = args.compile
+    return dataclasses.replace(base, **kwargs) if base is not None else TrainConfig(**kwargs)
 
 
 def _one_line(error: BaseException) -> str:
@@ -490,6 +555,7 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: parse, build data and model, train, print a JSON summary."""
+    started = time.perf_counter()
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
@@ -502,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume (OUT/last.pt holds the last finished epoch)", file=sys.stderr)
         return 130
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)  # loading data and model included
     print(json.dumps(summary))
     return 0
 
@@ -509,22 +576,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from vitlib.configs import create_vit
     from vitlib.data import eval_transform, load_dataset, train_transform
+    from vitlib.recipes import get_recipe
 
     try:  # every ValueError while setting up is a mistake on the command line
-        config = _train_config_from_args(args)
-        overrides = _parse_sets(args.set)
+        recipe = get_recipe(args.recipe) if args.recipe else None
+        model_name = args.model or (recipe.model if recipe else None)
+        dataset = args.dataset or (recipe.dataset if recipe else None)
+        if model_name is None or dataset is None:
+            raise _UsageError("say what to train: --recipe NAME, or both --model and --dataset")
+        augment = args.augment or (recipe.augment if recipe else "basic")
+        config = _train_config_from_args(args, recipe.train if recipe else None)
+        overrides = {**(recipe.model_overrides if recipe else {}), **_parse_sets(args.set)}
         select_device(config.device)  # fail early, before loading data
         if args.subset is not None and args.subset < 1:
             raise _UsageError(f"--subset must be a positive integer, got {args.subset}")
 
-        train_set = load_dataset(args.dataset, split="train", root=args.data_root)
-        test_set = load_dataset(args.dataset, split="test", root=args.data_root)
-        train_set.transform = train_transform(train_set, args.augment)
+        train_set = load_dataset(dataset, split="train", root=args.data_root)
+        test_set = load_dataset(dataset, split="test", root=args.data_root)
+        train_set.transform = train_transform(train_set, augment)
         test_set.transform = eval_transform(test_set)
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed too
         model = create_vit(
-            args.model, image_size=train_set.image_size, in_channels=train_set.in_channels,
+            model_name, image_size=train_set.image_size, in_channels=train_set.in_channels,
             num_classes=train_set.num_classes, **overrides,
         )
     except (ValueError, TypeError) as error:
@@ -536,20 +610,27 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         train_data = Subset(train_set, range(min(args.subset, len(train_set))))
         test_data = Subset(test_set, range(min(max(1, args.subset // 4), len(test_set))))
 
-    out_dir = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}"
-    extra = {"model_name": args.model, "dataset": args.dataset, "augment": args.augment, "subset": args.subset}
+    out_dir = Path(args.out) if args.out else Path("runs") / (args.recipe or f"{model_name}-{dataset}")
+    extra = {"model_name": model_name, "dataset": dataset, "augment": augment, "subset": args.subset,
+             "recipe": args.recipe}
     history = train(model, train_data, test_data, config, out_dir=out_dir, resume=args.resume, extra=extra)
 
+    accuracy = history["test_accuracy"][-1] if history["test_accuracy"] else None
     return {
-        "model": args.model,
-        "dataset": args.dataset,
+        "recipe": args.recipe,
+        "model": model_name,
+        "dataset": dataset,
+        "augment": augment,
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs": history["epoch"][-1] if history["epoch"] else 0,
-        "test_accuracy": history["test_accuracy"][-1] if history["test_accuracy"] else None,
+        "test_accuracy": accuracy,
+        "goal": recipe.goal if recipe else None,
+        "reached_goal": (accuracy is not None and accuracy >= recipe.goal) if recipe else None,
         "test_loss": history["test_loss"][-1] if history["test_loss"] else None,
         "train_loss": history["train_loss"][-1] if history["train_loss"] else None,
         "train_accuracy": history["train_accuracy"][-1] if history["train_accuracy"] else None,
         "seconds": history["seconds"][-1] if history["seconds"] else 0.0,
+        "stopped_early": history["stopped_early"],
         "device": history["device"],
         "checkpoint": history["checkpoint"],
         "train_size": len(train_data),
