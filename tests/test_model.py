@@ -250,3 +250,24 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_subset_in_training_onl
 def test_patch_dropout_must_be_a_fraction():
     with pytest.raises(ValueError, match="patch_dropout must be in"):
         ViTConfig(patch_dropout=1.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_last_layer_for_the_class_token_only_equals_the_full_stack(fused):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(image_size=28, patch_size=4, in_channels=1, num_classes=10, hidden_dim=32,
+                          mlp_dim=64, num_layers=3, num_heads=4))
+    model.set_fused_attention(fused)
+    images = torch.randn(5, 1, 28, 28)
+    z0 = model.embed(images)  # (5, 50, 32)
+    full = model.encoder(z0)  # (5, 50, 32)
+    torch.testing.assert_close(model.encoder.forward_class_token(z0), full[:, :1], rtol=1e-5, atol=1e-6)
+    # and the logits, with their gradients, are those of the full computation of eq. 4
+    logits = model(images)
+    reference = model.head(model.norm(full[:, 0]))
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-6)
+    fast = torch.autograd.grad(logits.square().sum(), list(model.parameters()), allow_unused=True)
+    slow = torch.autograd.grad(model.head(model.norm(model.encoder(model.embed(images))[:, 0])).square().sum(),
+                               list(model.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

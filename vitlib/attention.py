@@ -86,3 +86,23 @@ class MultiHeadSelfAttention(nn.Module):
         out = rearrange(out, "b h n d -> b n (h d)")  # (B, N, D): heads concatenated
         out = self.proj_drop(self.proj(out))  # (B, N, D)
         return (out, weights) if return_attention else out
+
+    def forward_first(self, x: torch.Tensor, count: int = 1) -> torch.Tensor:
+        """The output of ``forward`` for the first ``count`` tokens only: x (B, N, D) -> (B, count, D).
+
+        Every token still serves as a key and a value; only the queries are cut. Exact,
+        and cheaper: the ViT's last layer needs nothing but the class token (eq. 4).
+        """
+        D = x.shape[-1]
+        weight, bias = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,): rows are q, then k, then v
+        q = F.linear(x[:, :count], weight[:D], None if bias is None else bias[:D])  # (B, count, D)
+        kv = F.linear(x, weight[D:], None if bias is None else bias[D:])  # (B, N, 2D)
+        q = rearrange(q, "b n (h d) -> b h n d", h=self.num_heads)  # (B, h, count, D_h)
+        k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.num_heads)  # 2 × (B, h, N, D_h)
+        p = self.attention_dropout if self.training else 0.0
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, count, D_h)
+        else:
+            out, _ = scaled_dot_product_attention(q, k, v, dropout_p=p, training=self.training)
+        out = rearrange(out, "b h n d -> b n (h d)")  # (B, count, D)
+        return self.proj_drop(self.proj(out))  # (B, count, D)

@@ -153,7 +153,7 @@ class ViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Eqs. 1 to 4: images (B, C, H, W) -> y = LN(z_L^0), the class-token features (B, D)."""
-        z = self.encoder(self.embed(images))  # z_L, (B, N+1, D)
+        z = self.encoder.forward_class_token(self.embed(images))  # z_L^0, (B, 1, D): all eq. 4 needs
         return self.norm(z[:, 0])  # y, (B, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
