@@ -14,6 +14,7 @@ From a notebook::
 
 From the shell (the last line on stdout is a JSON summary)::
 
+    python -m vitlib.train --recipe fashion-mnist-cpu          # a named recipe, vitlib.recipes
     python -m vitlib.train --model vit_course_28 --dataset fashion-mnist-small \\
         --epochs 5 --out runs/demo
 
