@@ -182,8 +182,11 @@ def _batches(
     served = _in_memory(data)
     if served is None:
         sampler = order.tolist() if order is not None else None
+        # A generator of its own: a DataLoader without one draws its workers' base seed from
+        # the global RNG, which would shift every random draw after it (dropout, PatchDropout)
+        # and make this path train differently from the in-memory one.
         loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
         def from_loader():
             for images, labels in loader:
