@@ -21,6 +21,7 @@ seeded by ``(seed, epoch)``, which keeps resumed runs exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,8 +121,7 @@ class BatchTransform:
         B, _, H, W = x.shape
         u = _rand((5, B), x.device, generator)  # (5, B): apply?, area, ratio, top, left
         area = (0.02 + (0.33 - 0.02) * u[1]) * H * W  # (B,)
-        log_ratio = torch.log(torch.tensor(0.3)) + (torch.log(torch.tensor(3.3)) - torch.log(torch.tensor(0.3))) * u[2]
-        ratio = torch.exp(log_ratio)  # (B,) height / width
+        ratio = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[2])  # (B,) height / width, log-uniform
         h = torch.sqrt(area * ratio).round().clamp(1, H)  # (B,)
         w = torch.sqrt(area / ratio).round().clamp(1, W)  # (B,)
         top = (u[3] * (H - h + 1)).floor()  # (B,)
