@@ -24,7 +24,6 @@ overrides it ("smoke" runs a few steps, to test that a notebook runs at all);
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -61,10 +60,6 @@ class Recipe:
     def assert_at_least(self) -> float:
         """The accuracy a notebook asserts after running this recipe: ``floor``, else ``goal``."""
         return self.goal if self.floor is None else self.floor
-
-    def with_train(self, **changes) -> Recipe:
-        """A copy with some TrainConfig settings changed (e.g. ``epochs=1`` for a smoke test)."""
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
 
 RECIPES: dict[str, Recipe] = {}
