@@ -15,7 +15,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 from vitlib.checkpoint import load_checkpoint
 from vitlib.configs import create_vit
-from vitlib.train import HISTORY_KEYS, TrainConfig, lr_at, make_optimizer, parameter_groups, select_device, train
+from vitlib.train import (
+    HISTORY_KEYS, TrainConfig, gradient_groups, lr_at, make_optimizer, parameter_groups, select_device, train,
+)
 
 TINY = dict(num_layers=1, hidden_dim=32, num_heads=2, mlp_dim=64)
 
@@ -145,7 +147,7 @@ def test_history_has_every_key_with_plain_values(tmp_path):
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
         assert len(history[key]) == 3 and all(type(v) is float for v in history[key]), key
     assert history["epoch"] == [1, 2, 3]
-    assert set(HISTORY_KEYS) | {"checkpoint", "device", "stopped_early"} == set(history)
+    assert set(HISTORY_KEYS) | {"grad_norm_groups", "checkpoint", "device", "stopped_early"} == set(history)
     assert history["stopped_early"] is False
     assert all(0.0 <= a <= 1.0 for a in history["train_accuracy"] + history["test_accuracy"])
     assert history["seconds"] == sorted(history["seconds"])  # cumulative
@@ -157,7 +159,7 @@ def test_history_has_every_key_with_plain_values(tmp_path):
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert (checkpoint["epoch"], checkpoint["step"]) == (3, steps)
     assert checkpoint["train_config"] == dataclasses.asdict(quick())
-    assert checkpoint["history"] == {key: history[key] for key in HISTORY_KEYS}
+    assert checkpoint["history"] == {key: history[key] for key in (*HISTORY_KEYS, "grad_norm_groups")}
     torch.load(tmp_path / "last.pt", weights_only=True)
 
 
@@ -349,3 +351,18 @@ def test_time_limit_that_never_binds_changes_nothing():
     assert hb["stopped_early"] is False and ha["step_lr"] == hb["step_lr"]
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def test_history_records_the_gradient_norm_of_every_layer():
+    """The gradient flow of week 06: one norm per group (embedding, each layer, head) per step,
+    and the global norm (the one clipped) is their root sum of squares."""
+    model = tiny_model()
+    history = train(model, brightness_data(96), brightness_data(32, seed=1), quick(epochs=1))
+    layers = [f"layer {i}" for i in range(model.config.num_layers)]
+    assert history["grad_norm_groups"] == ["embedding", *layers, "head"]
+    assert list(gradient_groups(model)) == history["grad_norm_groups"]
+    assert len(history["step_group_grad_norm"]) == len(history["step_grad_norm"])
+    for groups, total in zip(history["step_group_grad_norm"], history["step_grad_norm"]):
+        assert len(groups) == len(layers) + 2 and all(type(v) is float and v >= 0 for v in groups)
+        assert math.sqrt(sum(v * v for v in groups)) == pytest.approx(total, rel=1e-5)
+    assert sum(len(p) for p in gradient_groups(model).values()) == len(list(model.parameters()))

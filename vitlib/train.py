@@ -52,6 +52,7 @@ __all__ = [
     "HISTORY_KEYS",
     "TrainConfig",
     "evaluate",
+    "gradient_groups",
     "lr_at",
     "main",
     "make_optimizer",
@@ -246,8 +247,9 @@ def evaluate(
 # -----------------------------------------------------------------------------
 
 HISTORY_KEYS = (
-    # one entry per optimizer step
-    "step_loss", "step_lr", "step_grad_norm",
+    # one entry per optimizer step ("step_group_grad_norm": one list per step, a norm per
+    # entry of "grad_norm_groups", the model's parameter groups from `gradient_groups`)
+    "step_loss", "step_lr", "step_grad_norm", "step_group_grad_norm",
     # one entry per epoch
     "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
 )
@@ -257,6 +259,39 @@ _IN_NOTEBOOK = issubclass(tqdm, _notebook_tqdm)
 
 # Settings that may change between a run and its resumption without notice.
 _RESUMABLE_CHANGES = {"epochs", "device", "num_workers", "eval_batch_size", "progress"}
+
+
+def gradient_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's trainable parameters in the groups whose gradient norms the history records.
+
+    For a ViT: "embedding" (E, x_class, E_pos), "layer 0" ... "layer L-1" (the encoder
+    blocks), "head" (the LN of eq. 4 and the head): the gradient flow through depth.
+    Any other module is grouped by its top-level children.
+    """
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        parts = name.split(".")
+        if parts[:2] == ["encoder", "layers"] and len(parts) > 2:
+            group = f"layer {parts[2]}"
+        elif parts[0] in ("patch_embed", "class_token", "pos_embedding"):
+            group = "embedding"
+        elif parts[0] in ("norm", "head"):
+            group = "head"
+        else:
+            group = parts[0]
+        groups.setdefault(group, []).append(parameter)
+    return groups
+
+
+def _group_norms(groups: dict[str, list[nn.Parameter]], device: torch.device) -> torch.Tensor:
+    """The L2 norm of each group's gradients, (G,); the global norm is the norm of this vector."""
+    norms = []
+    for parameters in groups.values():
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norms.append(torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device))
+    return torch.stack(norms).float()  # (G,)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -342,6 +377,8 @@ def train(
         return {**history, "checkpoint": str(checkpoint_path), "device": str(device), "stopped_early": False}
 
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    groups = gradient_groups(model)
+    history["grad_norm_groups"] = list(groups)
     mixing = config.mixup > 0 or config.cutmix > 0
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if mixing and not num_classes:
@@ -366,7 +403,7 @@ def train(
                                         generator=augment_generator, num_workers=config.num_workers)
         model.train()
         # Per-step values stay on the device until the epoch ends (no sync per step).
-        losses, grad_norms, lrs = [], [], []
+        losses, grad_norms, group_norms, lrs = [], [], [], []
         correct = torch.zeros((), device=device, dtype=torch.long)
         loss_sum, count = torch.zeros((), device=device), 0
         # At most one refresh a second: in Jupyter every refresh is a message to the front
@@ -400,12 +437,15 @@ def train(
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # pre-clip norm
+                norms = _group_norms(groups, device)  # (G,) per layer: the gradient flow
+                grad_norm = torch.linalg.vector_norm(norms)  # the global norm, before clipping
+                torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, grad_norm)
                 optimizer.step()
                 step += 1
 
                 losses.append(loss.detach())
                 grad_norms.append(grad_norm.detach())
+                group_norms.append(norms.detach())
                 lrs.append(lr)
                 loss_sum += loss.detach() * labels.numel()
                 dominant = targets.argmax(dim=-1) if mixing else labels  # (B,)
@@ -423,6 +463,7 @@ def train(
         reserve = min(2 * (time.perf_counter() - eval_start) + 0.01 * config.time_limit, 0.25 * config.time_limit)
         history["step_loss"] += torch.stack(losses).float().tolist()
         history["step_grad_norm"] += torch.stack(grad_norms).float().tolist()
+        history["step_group_grad_norm"] += torch.stack(group_norms).tolist()
         history["step_lr"] += lrs
         history["epoch"].append(epoch)
         history["train_loss"].append(loss_sum.item() / count)
@@ -442,7 +483,7 @@ def train(
         if checkpoint_path is not None:
             save_checkpoint(
                 checkpoint_path, model, optimizer=optimizer, epoch=epoch, step=step,
-                history={key: history[key] for key in HISTORY_KEYS},
+                history={key: history[key] for key in (*HISTORY_KEYS, "grad_norm_groups")},
                 train_config=dataclasses.asdict(config), extra=extra,
             )
         if stopped_early:
