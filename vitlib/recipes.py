@@ -123,7 +123,7 @@ _add(Recipe(
 # The course's own: week 05 without the full data set, and the notebooks' smoke test.
 _add(Recipe(
     name="fashion-mnist-small",
-    description="week 05 offline with only the bundled 8,000-image subset, about 1.5 minutes on 2 cores",
+    description="week 05 offline with only the bundled 8,000-image subset, about half a minute on 2 cores",
     dataset="fashion-mnist-small",
     model="vit_course_28",
     model_overrides=_CPU_VIT,
