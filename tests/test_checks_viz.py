@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import expect_failure as _fails
+from check_helpers import stub as _stub
 from einops import rearrange
 
 from vitlib import viz
@@ -16,8 +18,6 @@ from vitlib.checks.viz import (
     check_mean_attention_distance,
     check_position_similarity,
 )
-from check_helpers import expect_failure as _fails, stub as _stub
-
 
 # --- attention maps ---------------------------------------------------------------------------
 

@@ -12,7 +12,12 @@ import vitlib.train
 from vitlib import pretrained
 from vitlib.checkpoint import save_checkpoint
 from vitlib.configs import create_vit
-from vitlib.pretrained import PretrainedUnavailable, course_model, imagenet_vit_b_16, transfer_backbone
+from vitlib.pretrained import (
+    PretrainedUnavailable,
+    course_model,
+    imagenet_vit_b_16,
+    transfer_backbone,
+)
 
 
 def _checkpoint(path, accuracy=0.9, dataset="fashion-mnist", **overrides):

@@ -20,8 +20,8 @@ from vitlib.configs import create_vit
 __all__ = [
     "check_attention_maps",
     "check_attention_rollout",
-    "check_position_similarity",
     "check_mean_attention_distance",
+    "check_position_similarity",
 ]
 
 
