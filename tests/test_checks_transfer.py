@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from check_helpers import expect_failure as _fails
+from check_helpers import stub as _stub
 from torch import nn
 
 from vitlib.checks.transfer import (
@@ -14,9 +16,12 @@ from vitlib.checks.transfer import (
     check_open_set_labels,
     check_prepare_linear_probe,
 )
-from vitlib.transfer import auroc, max_softmax_probability, open_set_labels, prepare_linear_probe
-from check_helpers import expect_failure as _fails, stub as _stub
-
+from vitlib.transfer import (
+    auroc,
+    max_softmax_probability,
+    open_set_labels,
+    prepare_linear_probe,
+)
 
 # --- maximum softmax probability ------------------------------------------------------------------
 

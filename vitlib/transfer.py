@@ -175,7 +175,7 @@ def auroc(scores_known: torch.Tensor, scores_unknown: torch.Tensor) -> float:
         raise ValueError(f"auroc needs scores of both kinds, got {n_k} known and {n_u} unknown")
     if not (torch.isfinite(known).all() and torch.isfinite(unknown).all()):
         raise ValueError("auroc: the scores must be finite (no NaN or inf)")
-    values, inverse, counts = torch.unique(torch.cat([known, unknown]), return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(torch.cat([known, unknown]), return_inverse=True, return_counts=True)
     below = torch.cumsum(counts, 0) - counts  # (U,) how many scores are smaller than each distinct value
     mean_rank = below.double() + (counts.double() + 1) / 2  # (U,) 1-based ranks, ties averaged
     rank_sum = mean_rank[inverse[:n_k]].sum().item()  # over the known scores

@@ -14,7 +14,7 @@ from vitlib import checks
 from vitlib.configs import create_vit
 from vitlib.transfer import auroc, max_softmax_probability, open_set_labels
 
-__all__ = ["check_max_softmax_probability", "check_auroc", "check_open_set_labels", "check_prepare_linear_probe"]
+__all__ = ["check_auroc", "check_max_softmax_probability", "check_open_set_labels", "check_prepare_linear_probe"]
 
 
 # --- maximum softmax probability ------------------------------------------------------------------
@@ -109,8 +109,10 @@ def check_auroc(student_auroc) -> None:
             (above + tied, "ties count ½, not 1: use (known > unknown) + 0.5 · (known == unknown)"),
             (below + 0.5 * tied, "the orientation is reversed (you get 1 − AUROC): count the pairs where the KNOWN image scores higher"),
         ]
-        mistakes += [(acc, f"that is the accuracy at one threshold ({t:.2g}); the AUROC looks at every threshold at once: "
-                           "the share of (known, unknown) pairs in which the known image scores higher") for t, acc in accuracies.items()]
+        for t, acc in accuracies.items():
+            hint = (f"that is the accuracy at one threshold ({t:.2g}); the AUROC looks at every threshold "
+                    "at once: the share of (known, unknown) pairs in which the known image scores higher")
+            mistakes.append((acc, hint))
         hint = next((h for value, h in mistakes if abs(got - value) < 1e-6),
                     "compare every known score with every unknown score: mean of (known > unknown) + 0.5 · (known == unknown)")
         checks.fail(f"auroc on {what}", f"{expected:.6f}", f"{got:.6f}", hint)
