@@ -339,7 +339,18 @@ def train_linear_probe(
     return history
 
 
-def _probe_epochs(head, x, y, optimizer, config, total, warmup, generator, history, desc) -> None:
+def _probe_epochs(
+    head: nn.Linear,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    total: int,
+    warmup: int,
+    generator: torch.Generator,
+    history: dict[str, list[float]],
+    desc: str,
+) -> None:
     """The loop of :func:`train_linear_probe`."""
     device = x.device
     head.train()
