@@ -406,10 +406,13 @@ def train(
         losses, grad_norms, group_norms, lrs = [], [], [], []
         correct = torch.zeros((), device=device, dtype=torch.long)
         loss_sum, count = torch.zeros((), device=device), 0
-        # At most one refresh a second: in Jupyter every refresh is a message to the front
-        # end, and thousands of them overflow the kernel's output queue (nbval then times out).
+        # Few refreshes: in Jupyter every refresh (and every epoch's bar) is a message to the
+        # front end, and about a thousand of them overflow the kernel's output queue, which
+        # drops messages (nbval then times out waiting for the cell's end): one refresh every
+        # 5 s in a notebook (a 10-minute run: ~120 plus ~10 per epoch), every second elsewhere.
         bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   mininterval=1.0, disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+                   mininterval=5.0 if _IN_NOTEBOOK else 1.0, disable=not config.progress, file=sys.stderr,
+                   dynamic_ncols=True)
         last_check = time.perf_counter()
         with bar:
             for images, labels in bar:  # (B, C, H, W), (B,) on device
