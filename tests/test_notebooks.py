@@ -16,7 +16,7 @@ from vitlib.notebooks import generate, is_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_WEEKS = ["00_setup", "01_patching", "02_attention", "03_encoder", "04_head", "05_training"]
-WEEKS = [*CORE_WEEKS, "06_inside_the_vit", "07_transfer"]
+WEEKS = [*CORE_WEEKS, "06_inside_the_vit", "07_transfer", "08_deployment", "09_masked_autoencoder"]
 
 
 def _cells(path: Path):
@@ -72,7 +72,7 @@ def shipped_weeks(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("week", WEEKS)  # in order: week 05's (smoke) checkpoint is there for weeks 06 and 07
+@pytest.mark.parametrize("week", WEEKS)  # in order: week 05's (smoke) checkpoint is there for weeks 06 to 08
 def test_weeks_as_shipped_fail_only_in_exercise_cells_with_not_implemented_error(week, shipped_weeks, monkeypatch):
     """A student who has written nothing yet can still run every other cell (the fallbacks work)."""
     monkeypatch.setenv("VITLIB_BUDGET", "smoke")  # the training week runs a few steps, not minutes
