@@ -1,6 +1,8 @@
 # The two commands of the README's quick start, each doing all the set-up it needs:
 #   make lab    create .venv if missing, install vitlib and its pinned dependencies, open JupyterLab on weeks/
 #   make test   the same set-up, then the whole test suite
+#   make lab-collab  the same JupyterLab with real-time collaboration on, for pairs (docs/pairing.md)
+#   make git-setup   nbdime diffs, the weeks/ strip filter and pre-commit in this clone (docs/pairing.md)
 #   make notebooks   regenerate the student notebooks weeks/ from solutions/
 #   make grade WEEK=01_patching SUBMISSIONS=path/to/folder [OUT=grades]   grade a class
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vitlib-installed
 
-.PHONY: setup lab test notebooks grade clean
+.PHONY: setup lab lab-collab git-setup test notebooks grade clean
 
 setup: $(STAMP)
 
@@ -19,8 +21,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
+# JupyterLab listens on 127.0.0.1 only; collaboration (jupyter-collaboration) is off in `lab`, on in `lab-collab`.
+LAB := $(BIN)/jupyter lab --notebook-dir=weeks --ServerApp.ip=127.0.0.1
+
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=weeks
+	$(LAB) --YDocExtension.disable_rtc=True
+
+lab-collab: setup
+	$(LAB) --YDocExtension.disable_rtc=False
+
+git-setup: setup
+	bash scripts/git-setup.sh $(BIN)
 
 test: setup
 	$(BIN)/python -m pytest

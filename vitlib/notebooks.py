@@ -3,6 +3,8 @@
     python -m vitlib.notebooks generate           # write weeks/*.ipynb from solutions/*.ipynb (`make notebooks`)
     python -m vitlib.notebooks generate --check   # exit 1 if weeks/ is out of date (the test suite runs this)
     python -m vitlib.notebooks refresh solutions/01_patching.ipynb   # re-run a solution, keep only compared outputs
+    python -m vitlib.notebooks strip < in.ipynb > out.ipynb          # the git filter of weeks/ (`make git-setup`)
+    python -m vitlib.notebooks git-diff PATH OLD HEX MODE NEW HEX MODE  # git's diff driver: nbdime, on what git stores
 
 Authoring rules (checked by `lint`):
 - The solution part of an exercise sits between `### BEGIN SOLUTION` and `### END SOLUTION`
@@ -16,6 +18,12 @@ Authoring rules (checked by `lint`):
 
 Only the outputs nbval compares are kept in the committed notebooks, with their execution
 counts (nbval never compares a cell whose count is null); everything else is stripped.
+`strip_outputs` is that rule; `refresh` applies it to solutions, and the git clean filter
+`strip` applies it to the student notebooks a student commits (nbstripout cannot: it keeps
+either every cell's execution count or none).
+
+This module imports nothing heavier than nbformat: the git filter runs it for every notebook
+git looks at.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ __all__ = [
     "student_notebook",
     "clean_metadata",
     "write_text_atomic",
+    "strip_outputs",
+    "strip_text",
     "lint",
     "generate",
     "refresh",
@@ -110,13 +120,69 @@ def student_notebook(solution: NotebookNode) -> NotebookNode:
     return nb
 
 
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
 def clean_metadata(nb: NotebookNode) -> NotebookNode:
-    """Drop what a run leaves in the notebook's metadata: widget state and the exact Python version."""
+    """Drop what a run leaves in the notebook's metadata: widget state, the exact Python version, and the
+    kernel an editor picked (every course notebook names the same one, `KERNELSPEC`)."""
     nb.metadata.pop("widgets", None)
     nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     return nb
+
+
+def strip_outputs(nb: NotebookNode) -> NotebookNode:
+    """Keep the outputs (and execution counts) of the cells nbval compares; clear every other cell's."""
+    clean_metadata(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not is_checked(cell):
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def strip_text(text: str) -> str:
+    """A notebook file's text, stripped (`strip_outputs`), as `generate` writes it.
+
+    Anything that is not a readable notebook (a file with merge-conflict markers, a
+    half-written file) comes back unchanged: a filter must never lose what it was given.
+    """
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception:  # noqa: BLE001 - nbformat raises many kinds; none may lose the file
+        return text
+    return nbformat.writes(strip_outputs(nb)) + "\n"
+
+
+def git_diff(args: list[str]) -> int:
+    """git's external diff driver for notebooks: nbdime's, shown on what git stores.
+
+    git hands an external driver the working-tree file as it is, not as the clean filter
+    would store it, so a notebook that was only run would show every output it made. For a
+    path whose `filter` attribute is ``vitlib-strip``, both sides are stripped first
+    (`strip_text`), so `git diff` shows what a commit would change; other notebooks are
+    compared as they are. ``args``: git's seven (path old-file old-hex old-mode new-file new-hex new-mode).
+    """
+    import subprocess
+
+    path, old, new = args[0], args[1], args[4]
+    attribute = subprocess.run(["git", "check-attr", "filter", "--", path], capture_output=True, text=True).stdout
+    driver = str(Path(sys.executable).with_name("git-nbdiffdriver"))
+    if not attribute.strip().endswith(": vitlib-strip"):
+        return subprocess.call([driver, "diff", *args])
+    with tempfile.TemporaryDirectory(prefix="vitlib-diff-") as folder:
+        files = []
+        for side, name in ((old, "a"), (new, "b")):
+            if side == "/dev/null":
+                files.append(side)
+                continue
+            target = Path(folder) / name / Path(path).name
+            target.parent.mkdir()
+            target.write_text(strip_text(Path(side).read_text(encoding="utf-8")), encoding="utf-8")
+            files.append(str(target))
+        return subprocess.call([driver, "diff", path, files[0], *args[2:4], files[1], *args[5:7]])
 
 
 def _tags(cell: NotebookNode) -> list[str]:
@@ -227,11 +293,7 @@ def refresh(path: Path, timeout: int = 1200) -> None:
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    clean_metadata(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "code" and not is_checked(cell):
-            cell.outputs, cell.execution_count = [], None
-    write_text_atomic(path, nbformat.writes(nb) + "\n")
+    write_text_atomic(path, nbformat.writes(strip_outputs(nb)) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--check", action="store_true", help="only report stale notebooks; exit 1 if any")
     ref = sub.add_parser("refresh", help="re-run solution notebooks and keep only compared outputs")
     ref.add_argument("paths", nargs="+", type=Path)
+    sub.add_parser("strip", help="stdin -> stdout: keep only the outputs nbval compares (a git clean filter)")
+    diff = sub.add_parser("git-diff", help="git's diff driver: nbdime on the stripped notebooks (`make git-setup`)")
+    diff.add_argument("git_args", nargs=7, help="path old-file old-hex old-mode new-file new-hex new-mode")
     args = parser.parse_args(argv)
+    if args.command == "git-diff":
+        return git_diff(args.git_args)
+    if args.command == "strip":
+        text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+        sys.stdout.buffer.write(strip_text(text).encode("utf-8", errors="surrogateescape"))
+        return 0
     if args.command == "refresh":
         for path in args.paths:
             print(f"running {path} ...", flush=True)

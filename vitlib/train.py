@@ -22,6 +22,16 @@ Reproducibility: an epoch's shuffling, augmentation and dropout depend only on
 ``(seed, epoch)`` and the weights at its start. Together with the checkpoint
 written after every epoch (model + optimizer + history), this makes a resumed
 run end with exactly the weights of an uninterrupted one (bitwise, on the CPU).
+
+On several GPUs (or CPU processes), under ``torchrun``::
+
+    torchrun --nproc_per_node=4 -m vitlib.train --recipe cifar10 --out runs/c10
+
+with the same flags as one process: PyTorch's DistributedDataParallel, ``--batch-size``
+is the global batch, split across the processes; every process draws the same global
+batch and augmentation and trains on its share, so N processes follow the one-process
+run (up to floating-point summation order, and dropout's random masks); only rank 0
+prints and writes the checkpoint, and ``--resume`` works as with one process.
 """
 
 from __future__ import annotations
@@ -31,14 +41,17 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from tqdm.notebook import tqdm as _notebook_tqdm
@@ -226,20 +239,29 @@ def evaluate(
     the device of the model's parameters.
     """
     device = next(model.parameters()).device if device is None else torch.device(device)
+    loss_sum, correct, count = _evaluation_sums(model, data, batch_size, device, amp, num_workers)
+    if count.item() == 0:
+        raise ValueError("evaluate: the data set is empty")
+    return {"loss": loss_sum.item() / count.item(), "accuracy": correct.item() / count.item()}
+
+
+@torch.no_grad()
+def _evaluation_sums(model: nn.Module, data: Dataset, batch_size: int, device: torch.device, amp: bool,
+                     num_workers: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(summed loss, correct, count) over this process's share of every batch, a (3,) float64 tensor."""
     _, batches = _batches(data, batch_size, device, num_workers=num_workers)
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
     for images, labels in batches:
+        images, labels = images.tensor_split(world)[rank], labels.tensor_split(world)[rank]  # this rank's share
+        if labels.numel() == 0:
+            continue
         with _autocast(device, amp):
             logits = model(images)  # (B, K)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(dim=-1) == labels).sum()
-        count += labels.numel()
-    if count == 0:
-        raise ValueError("evaluate: the data set is empty")
-    return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+        sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+        sums[1] += (logits.argmax(dim=-1) == labels).sum()
+        sums[2] += labels.numel()
+    return sums
 
 
 # -----------------------------------------------------------------------------
@@ -294,6 +316,13 @@ def _group_norms(groups: dict[str, list[nn.Parameter]], device: torch.device) ->
     return torch.stack(norms).float()  # (G,)
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) unless torch.distributed is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling generator of one epoch: a function of (seed, epoch) only."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -329,7 +358,11 @@ def train(
     """
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir that holds last.pt")
+    rank, world = _rank_and_world()  # several processes under torchrun (see the module's docstring)
+    main_process = rank == 0  # only rank 0 prints and writes the checkpoint
     device = select_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per process
     torch.manual_seed(config.seed)
     model.to(device)
     optimizer = make_optimizer(model, config)
@@ -357,10 +390,11 @@ def train(
             for key, value in (checkpoint.get("train_config") or {}).items()
             if key not in _RESUMABLE_CHANGES and hasattr(config, key) and getattr(config, key) != value
         ]
-        print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']} (step {step})")
-        if changed:
-            print(f"note: training settings differ from the checkpoint's: {'; '.join(changed)}")
-    elif resume:
+        if main_process:
+            print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']} (step {step})")
+            if changed:
+                print(f"note: training settings differ from the checkpoint's: {'; '.join(changed)}")
+    elif resume and main_process:
         print(f"no checkpoint at {checkpoint_path}; starting a fresh run")
 
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
@@ -372,8 +406,9 @@ def train(
     if start_epoch > config.epochs:  # nothing left to train: just report
         result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
                           amp=config.amp, num_workers=config.num_workers)
-        print(f"checkpoint already at epoch {start_epoch - 1} of {config.epochs}: "
-              f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.2%}")
+        if main_process:
+            print(f"checkpoint already at epoch {start_epoch - 1} of {config.epochs}: "
+                  f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.2%}")
         return {**history, "checkpoint": str(checkpoint_path), "device": str(device), "stopped_early": False}
 
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -383,7 +418,11 @@ def train(
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if mixing and not num_classes:
         raise ValueError("mixup/cutmix need the number of classes: train a model with a .config.num_classes")
-    step_model = torch.compile(model) if config.compile else model
+    if world > 1:  # gradients averaged over the processes in backward; rank 0's initial weights everywhere
+        step_model: nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        step_model = model
+    step_model = torch.compile(step_model) if config.compile else step_model
     # With a time limit the schedule runs on the clock as well as on the step count:
     # where the machine is slower than planned, the cosine still ends at the deadline
     # (minus a reserve for the last evaluation) and training stops there.
@@ -411,8 +450,8 @@ def train(
         # drops messages (nbval then times out waiting for the cell's end): one refresh every
         # 5 s in a notebook (a 10-minute run: ~120 plus ~10 per epoch), every second elsewhere.
         bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   mininterval=5.0 if _IN_NOTEBOOK else 1.0, disable=not config.progress, file=sys.stderr,
-                   dynamic_ncols=True)
+                   mininterval=5.0 if _IN_NOTEBOOK else 1.0, disable=not (config.progress and main_process),
+                   file=sys.stderr, dynamic_ncols=True)
         last_check = time.perf_counter()
         with bar:
             for images, labels in bar:  # (B, C, H, W), (B,) on device
@@ -423,10 +462,15 @@ def train(
                     step_seconds, last_check = now - last_check, now  # one step, data included
                     # stop before a step that could end past the deadline
                     deadline = max(config.time_limit - reserve - step_seconds, 1e-9)
-                    if elapsed >= deadline:
+                    position = max(step, math.floor(total_steps * elapsed / deadline))  # the clock's step
+                    stop = elapsed >= deadline
+                    if world > 1:  # rank 0's clock decides for everyone, or the processes would part ways
+                        decision = torch.tensor([float(stop), float(position)], dtype=torch.float64, device=device)
+                        dist.broadcast(decision, src=0)
+                        stop, position = bool(decision[0].item()), int(decision[1].item())
+                    if stop:
                         stopped_early = True
                         break
-                    position = max(step, math.floor(total_steps * elapsed / deadline))  # the clock's step
                 lr = lr_at(position, total_steps, warmup_steps, config.lr, config.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -435,9 +479,22 @@ def train(
                 if mixing:
                     images, targets = mix(images, labels, num_classes, mixup=config.mixup,
                                           cutmix=config.cutmix, generator=mix_generator)  # soft (B, K)
+                batch_size = labels.numel()  # the global batch: every process drew the same one
+                if world > 1:  # this process's share of the global batch
+                    share = torch.arange(batch_size, device=labels.device).tensor_split(world)[rank]  # (B/world,)
+                    # a share of nothing (a last batch smaller than the world) still takes part in the
+                    # gradient averaging, with one image and a weight of 0
+                    weight = world / batch_size if len(share) else 0.0
+                    share = share if len(share) else share.new_zeros(1)
+                    images, targets, labels = images[share], targets[share], labels[share]
                 with _autocast(device, config.amp):
                     logits = step_model(images)  # (B, K)
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                if world > 1:
+                    # sum × world / B: averaged over the processes by DDP, the gradient of the global batch's mean
+                    loss = weight * F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing,
+                                                    reduction="sum")
+                else:
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norms = _group_norms(groups, device)  # (G,) per layer: the gradient flow
@@ -446,25 +503,34 @@ def train(
                 optimizer.step()
                 step += 1
 
-                losses.append(loss.detach())
+                losses.append(loss.detach())  # with several processes: this one's part of the mean
                 grad_norms.append(grad_norm.detach())
                 group_norms.append(norms.detach())
                 lrs.append(lr)
-                loss_sum += loss.detach() * labels.numel()
+                loss_sum += loss.detach() * batch_size / world
                 dominant = targets.argmax(dim=-1) if mixing else labels  # (B,)
-                correct += (logits.argmax(dim=-1) == dominant).sum()
-                count += labels.numel()
-                if config.progress and (len(losses) % 10 == 1 or len(losses) == num_batches):
+                if world == 1 or weight:
+                    correct += (logits.argmax(dim=-1) == dominant).sum()
+                count += batch_size
+                if config.progress and main_process and (len(losses) % 10 == 1 or len(losses) == num_batches):
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
 
         if not losses:  # the clock ran out before this epoch took a step
             break
         eval_start = time.perf_counter()
-        result = evaluate(model, test_data, batch_size=config.eval_batch_size, device=device,
-                          amp=config.amp, num_workers=config.num_workers)
+        sums = _evaluation_sums(model, test_data, config.eval_batch_size, device, config.amp,
+                                config.num_workers, rank, world)  # (loss, correct, count) of this share
+        step_losses = torch.stack(losses).float()  # (steps,)
+        if world > 1:  # add up the processes' parts
+            train_sums = torch.stack([loss_sum.double(), correct.double()])
+            for tensor in (sums, step_losses, train_sums):
+                dist.all_reduce(tensor)
+            step_losses /= world  # each process's part was its share of the sum, × world / B
+            loss_sum, correct = train_sums[0], train_sums[1]
+        result = {"loss": sums[0].item() / sums[2].item(), "accuracy": sums[1].item() / sums[2].item()}
         # what the last evaluation will cost, with room to spare
         reserve = min(2 * (time.perf_counter() - eval_start) + 0.01 * config.time_limit, 0.25 * config.time_limit)
-        history["step_loss"] += torch.stack(losses).float().tolist()
+        history["step_loss"] += step_losses.tolist()
         history["step_grad_norm"] += torch.stack(grad_norms).float().tolist()
         history["step_group_grad_norm"] += torch.stack(group_norms).tolist()
         history["step_lr"] += lrs
@@ -474,7 +540,7 @@ def train(
         history["test_loss"].append(result["loss"])
         history["test_accuracy"].append(result["accuracy"])
         history["seconds"].append(seconds_before + time.perf_counter() - start_time)
-        if config.progress:  # (stdout in a notebook, where stderr shows up red)
+        if config.progress and main_process:  # (stdout in a notebook, where stderr shows up red)
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}  "
                 f"train loss {history['train_loss'][-1]:.4f} acc {history['train_accuracy'][-1]:.2%}  "
@@ -483,12 +549,14 @@ def train(
                 file=sys.stdout if _IN_NOTEBOOK else sys.stderr,
             )
 
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main_process:
             save_checkpoint(
                 checkpoint_path, model, optimizer=optimizer, epoch=epoch, step=step,
                 history={key: history[key] for key in (*HISTORY_KEYS, "grad_norm_groups")},
-                train_config=dataclasses.asdict(config), extra=extra,
+                train_config=dataclasses.asdict(config), extra=extra if world == 1 else {**(extra or {}), "processes": world},
             )
+        if world > 1:
+            dist.barrier()  # nobody runs ahead of the checkpoint (a resume reads it)
         if stopped_early:
             break
 
@@ -606,19 +674,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     parser = _build_parser()
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: this process's rank; only rank 0 reports
     try:
         summary = _run(args)
     except (_UsageError, CheckpointError, FileNotFoundError) as error:
         # Configuration mistakes (unknown model, patch size that does not divide
         # the image, missing data set, checkpoint of another model, ...): one line, exit 2.
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume (OUT/last.pt holds the last finished epoch)", file=sys.stderr)
+        if rank == 0:
+            print("interrupted; continue with --resume (OUT/last.pt holds the last finished epoch)", file=sys.stderr)
         return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)  # loading data and model included
-    print(json.dumps(summary))
+    if rank == 0:
+        print(json.dumps(summary))
     return 0
+
+
+def _start_processes(device: torch.device) -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; the number of processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # (gloo: CPU processes)
+    return world
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -635,7 +720,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         augment = args.augment or (recipe.augment if recipe else "basic")
         config = _train_config_from_args(args, recipe.train if recipe else None)
         overrides = {**(recipe.model_overrides if recipe else {}), **_parse_sets(args.set)}
-        select_device(config.device)  # fail early, before loading data
+        device = select_device(config.device)  # fail early, before loading data
         if args.subset is not None and args.subset < 1:
             raise _UsageError(f"--subset must be a positive integer, got {args.subset}")
 
@@ -651,6 +736,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
     except (ValueError, TypeError) as error:
         raise _UsageError(_one_line(error).replace("TrainConfig: ", "")) from error
+    processes = _start_processes(device)
 
     train_data: Dataset = train_set
     test_data: Dataset = test_set
@@ -680,6 +766,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": history["seconds"][-1] if history["seconds"] else 0.0,
         "stopped_early": history["stopped_early"],
         "device": history["device"],
+        "processes": processes,
         "checkpoint": history["checkpoint"],
         "train_size": len(train_data),
         "test_size": len(test_data),
