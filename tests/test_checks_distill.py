@@ -183,7 +183,8 @@ def test_averaged_prediction_stub():
 
 
 def _small_vit(**overrides):
-    return create_vit("vit_course_28", patch_size=7, hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, **overrides)
+    overrides = {"num_layers": 1, **overrides}
+    return create_vit("vit_course_28", patch_size=7, hidden_dim=32, num_heads=2, mlp_dim=64, **overrides)
 
 
 def test_distilled_vit_starts_from_the_wrapped_vit_and_has_two_different_tokens():
@@ -199,6 +200,14 @@ def test_distilled_vit_starts_from_the_wrapped_vit_and_has_two_different_tokens(
     class_logits, distill_logits = student.forward_heads(images)
     assert class_logits.shape == distill_logits.shape == (3, 10)
     assert torch.allclose(student(images).exp(), averaged_prediction(class_logits, distill_logits), atol=1e-6)
+    for layers in (1, 3):  # the last layer computes only the two tokens' rows: the same as the whole sequence
+        deep = DistilledViT(_small_vit(num_layers=layers))
+        with torch.no_grad():  # heads start at zero: give them weights, so that the comparison means something
+            deep.vit.head.weight.normal_(), deep.head_dist.weight.normal_()
+        z = deep.vit.norm(deep.vit.encoder(deep.embed(images)))  # (3, 18, 32): every row
+        full = deep.vit.head(z[:, 0]), deep.head_dist(z[:, 1])
+        for fast, slow in zip(deep.forward_heads(images), full):
+            assert torch.allclose(fast, slow, atol=1e-5)
     with pytest.raises(ValueError, match="28×28"):
         student(torch.randn(2, 1, 32, 32))
     with pytest.raises(TypeError, match="wraps a vitlib.ViT"):

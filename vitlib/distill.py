@@ -185,7 +185,8 @@ class DistilledViT(nn.Module):
         from vitlib.validation import check_images
 
         check_images(images, self.config)
-        z = self.vit.norm(self.vit.encoder(self.embed(images)))  # (B, N+2, D)
+        # the last layer computes the two tokens' rows only (the heads read nothing else), as `ViT.forward` does the class token's
+        z = self.vit.norm(self.vit.encoder.forward_class_token(self.embed(images), num_tokens=2))  # (B, 2, D)
         return self.vit.head(z[:, 0]), self.head_dist(z[:, 1])  # (B, K), (B, K)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -63,13 +63,14 @@ class EncoderBlock(nn.Module):
         z = z + self.mlp(self.norm2(z))  # eq. 3: z_ℓ, (B, N+1, D)
         return (z, weights) if return_attention else z
 
-    def forward_class_token(self, z: torch.Tensor) -> torch.Tensor:
+    def forward_class_token(self, z: torch.Tensor, num_tokens: int = 1) -> torch.Tensor:
         """Eqs. 2 and 3 for the class token only: z (B, N+1, D) -> z_ℓ^0 (B, 1, D).
 
-        Every token is still attended to; only the class token's row is computed.
+        Every token is still attended to; only the class token's row is computed (the first
+        ``num_tokens`` rows, (B, num_tokens, D): 2 for DeiT's class and distillation tokens).
         """
-        z0 = z[:, :1] + self.attn.forward_first(self.norm1(z), 1)  # eq. 2, (B, 1, D)
-        return z0 + self.mlp(self.norm2(z0))  # eq. 3, (B, 1, D)
+        z0 = z[:, :num_tokens] + self.attn.forward_first(self.norm1(z), num_tokens)  # eq. 2, (B, num_tokens, D)
+        return z0 + self.mlp(self.norm2(z0))  # eq. 3, (B, num_tokens, D)
 
 
 class Encoder(nn.Module):
@@ -90,14 +91,15 @@ class Encoder(nn.Module):
                 z = layer(z)
         return (z, maps) if return_attention else z
 
-    def forward_class_token(self, z: torch.Tensor) -> torch.Tensor:
+    def forward_class_token(self, z: torch.Tensor, num_tokens: int = 1) -> torch.Tensor:
         """z_0 (B, N+1, D) -> z_L^0 (B, 1, D): all layers, the last one for the class token only.
 
         Eq. 4 reads only z_L^0, and in the last layer no other token depends on it, so
         computing the other N rows there is wasted work: for ViT-S/16 about 7% of a
         forward and backward pass. The result equals ``forward(z)[:, :1]`` (up to
-        floating-point rounding).
+        floating-point rounding). ``num_tokens`` keeps the first that many tokens instead
+        (DeiT's distillation token is the second): (B, num_tokens, D) = ``forward(z)[:, :num_tokens]``.
         """
         for layer in self.layers[:-1]:
             z = layer(z)  # (B, N+1, D)
-        return self.layers[-1].forward_class_token(z) if len(self.layers) else z[:, :1]
+        return self.layers[-1].forward_class_token(z, num_tokens) if len(self.layers) else z[:, :num_tokens]
