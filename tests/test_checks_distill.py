@@ -203,7 +203,8 @@ def test_distilled_vit_starts_from_the_wrapped_vit_and_has_two_different_tokens(
     for layers in (1, 3):  # the last layer computes only the two tokens' rows: the same as the whole sequence
         deep = DistilledViT(_small_vit(num_layers=layers))
         with torch.no_grad():  # heads start at zero: give them weights, so that the comparison means something
-            deep.vit.head.weight.normal_(), deep.head_dist.weight.normal_()
+            deep.vit.head.weight.normal_()
+            deep.head_dist.weight.normal_()
         z = deep.vit.norm(deep.vit.encoder(deep.embed(images)))  # (3, 18, 32): every row
         full = deep.vit.head(z[:, 0]), deep.head_dist(z[:, 1])
         for fast, slow in zip(deep.forward_heads(images), full):
