@@ -1,30 +1,30 @@
-"""Grade a class: one command, fair, robust, no database.
+"""Grade a class: one command, fair, no database, and no way for a student's code to change a verdict.
 
-    python -m vitlib.grade 01_patching submissions/ --out grades/ [--timeout 60] [--jobs 2]
+    python -m vitlib.grade 01_patching submissions/ --out grades/ [--timeout 60] [--jobs 2] [--seed N] [--sandbox auto]
 
 For every submission (a notebook per student: `submissions/<student>.ipynb`, or a folder
 `submissions/<student>/` holding it) the grader
 
 1. takes the student's exercise cells only, found by cell id (`ex-NAME`) or, if the student
    deleted and retyped a cell, by the name the exercise defines; everything else is ignored;
-2. puts them into a fresh copy of the instructor's notebook (`solutions/WEEK.ipynb`): the
-   setup and the check cells are the instructor's, so editing, deleting or faking a check
-   changes nothing; before each check, vitlib is imported afresh, so monkeypatching it (the
-   checks or the references they compare with) changes nothing either; hidden tests
-   (`tests/hidden/WEEK.py`) run after the last exercise, on what each check tested (no cell of
-   the student's runs once they are in the kernel, so none can reveal them); demo cells are
-   left out (they take time and grade nothing);
-3. runs it with nbval (`pytest --nbval-lax`) in its own kernel, in a temporary folder, with a
-   per-cell timeout; a check passes when it raises nothing, as in the student's notebook
-   (what their code prints or warns along the way does not count); an exercise that hangs or
-   kills the kernel gets 0 and the exercises after it are run again in a fresh kernel
-   without it;
-4. writes `OUT/grades.csv` (student, week, exercise, points, max_points, status, message),
-   `OUT/feedback/<student>.md` (hidden tests are never revealed), and a summary on stdout.
+2. hands them to a judge (`vitlib.judge`, a worker process that never runs student code), which
+   runs them after the instructor's setup cells with nbval, in a kernel of their own inside
+   the OS sandbox where there is one (`vitlib.sandbox`), with vitlib's answers to the week's
+   exercises withheld (`vitlib.withheld`). The judge runs the instructor's checks and hidden
+   tests in its own process; each time they use the student's function or module, the kernel
+   computes and sends back data (`vitlib.remote`, `vitlib.probe`). So nothing the student's code
+   does in its kernel (patching torch, IPython, vitlib or the import machinery, faking output,
+   rewriting files, exiting) reaches the verdict: at worst its own results are wrong;
+3. scores the code's similarity to vitlib, to the solution and to the other submissions with
+   copydetect (`vitlib.similarity`): a flag for the instructor, not a change of points;
+4. writes `OUT/grades.csv` (student, week, exercise, points, max_points, status, message,
+   similarity, similar_to), `OUT/feedback/<student>.md` (hidden tests are never revealed),
+   `OUT/similarity.md`, and a summary on stdout.
 
-Statuses: passed, failed (the check said no, a hidden test said no, or the exercise is still
-a stub), error (an exception other than the check's, a kernel crash, or a file that is not a
-notebook or is over 100 MB), timeout, missing (no such cell in the submission).
+Statuses: passed; failed (the check said no, a hidden test or the grader's own inputs said no,
+or the exercise is still a stub); uses_reference (the code calls vitlib's own answer: 0
+points); error (an exception other than the check's, a kernel crash, or a file that is not a
+notebook or is over 100 MB); timeout; missing (no such cell in the submission).
 Only `*.ipynb` files and folders are submissions; names starting with "." are skipped.
 Submissions are only read, never written. The same submission always gets the same grade.
 """
@@ -34,43 +34,30 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import hashlib
 import io
 import json
 import os
-import re
+import queue
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-from nbformat import NotebookNode
 
+from vitlib import sandbox, similarity, withheld
+from vitlib.judge import Exercise, Week, load_exercises
 from vitlib.notebooks import ROOT, stub_source, write_text_atomic
 
-__all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_submission", "grade_class", "main"]
+__all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_class", "main"]
 
 MAX_NOTEBOOK_BYTES = 100_000_000  # stored outputs count: a cell that printed 20 MB is still graded
-MAX_MESSAGE_CHARS = 1500
-_ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*m")  # colour codes, raw or as junit XML escapes them
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Interrupt|Exit)): ?(.*)$")
-_NBVAL_TIMEOUT = re.compile(r"^Cell \d+: Timeout of ([\d.]+) seconds exceeded(.*)$", re.MULTILINE)  # nbval's line, not the cell's text
-_WHO = {"exercise": "your exercise cell", "integrity": "re-importing vitlib", "check": "the check", "hidden": "a hidden test"}
-STATUSES = ("passed", "failed", "error", "timeout", "missing")
-
-
-@dataclass
-class Exercise:
-    """One exercise of the instructor's notebook."""
-
-    name: str  # from the cell id ex-NAME
-    points: float
-    source: str  # the instructor's solution cell
-    check_source: str
-    defines: str | None  # the name the check is called with, e.g. "PatchEmbedding"
+STATUSES = ("passed", "failed", "uses_reference", "error", "timeout", "missing")
+FLAG = 0.8  # similarity at or above which a row is flagged for the instructor
 
 
 @dataclass
@@ -81,57 +68,9 @@ class Result:
     max_points: float
     status: str
     message: str = ""
-    hidden: bool = False  # the failure came from a hidden test (its message is not shown)
-
-
-@dataclass
-class _Week:
-    name: str
-    notebook: NotebookNode
-    exercises: list[Exercise]
-    hidden_source: str | None
-    hidden_functions: set[str] = field(default_factory=set)
-
-
-# --- the instructor's side ---------------------------------------------------------------------------
-
-
-def _check_argument(check_source: str) -> str | None:
-    """The name passed to the check call, e.g. `PatchEmbedding` in `checks.patching.check_patch_embedding(PatchEmbedding)`."""
-    try:
-        tree = ast.parse(check_source)
-    except SyntaxError:
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name):
-            return node.args[0].id
-    return None
-
-
-def load_exercises(week: str, solutions: Path = ROOT / "solutions", hidden: Path = ROOT / "tests" / "hidden") -> _Week:
-    """The instructor's notebook of `week`, its exercises (id ex-NAME, then check-NAME) and hidden tests."""
-    path = solutions / f"{week}.ipynb"
-    if not path.is_file():
-        known = sorted(p.stem for p in solutions.glob("*.ipynb"))
-        raise ValueError(f"no week {week!r}: {path} does not exist; weeks are: {', '.join(known)}")
-    nb = nbformat.read(path, as_version=4)
-    by_id = {cell.get("id"): cell for cell in nb.cells}
-    exercises = []
-    for cell in nb.cells:
-        cid = cell.get("id", "")
-        if cell.cell_type == "code" and cid.startswith("ex-"):
-            name = cid[3:]
-            check = by_id.get(f"check-{name}")
-            if check is None:
-                raise ValueError(f"{path.name}: exercise {name!r} has no check cell check-{name}")
-            points = float(cell.metadata.get("vitlib", {}).get("points", 1))
-            exercises.append(Exercise(name, points, cell.source, check.source, _check_argument(check.source)))
-    hidden_path = hidden / f"{week}.py"
-    hidden_source = hidden_path.read_text(encoding="utf-8") if hidden_path.is_file() else None
-    functions = set()
-    if hidden_source:
-        functions = {n.name for n in ast.parse(hidden_source).body if isinstance(n, ast.FunctionDef)}
-    return _Week(week, nb, exercises, hidden_source, functions)
+    hidden: bool = False  # the failure came from a hidden test or the grader's inputs (no details shown)
+    similarity: float = 0.0
+    similar_to: str = ""
 
 
 # --- the student's side ---------------------------------------------------------------------------
@@ -216,122 +155,59 @@ def _student_source(cells: list[dict[str, str | None]], exercise: Exercise) -> s
     return None
 
 
-# --- the graded notebook ------------------------------------------------------------------------------
-
-_FRESH_VITLIB = """\
-# vitlib.grade: vitlib and its checks as shipped, whatever the exercise cells did to them
-import importlib, sys
-_passed = set(getattr(sys.modules.get("vitlib.checks"), "_PASSED", ()))  # for checks.mine_or_reference
-_loaded = sorted(m for m in sys.modules if m == "vitlib" or m.startswith("vitlib."))
-for _name in _loaded:
-    del sys.modules[_name]
-for _name in _loaded:  # the same modules, imported afresh from their files
-    importlib.import_module(_name)
-import vitlib
-import vitlib.checks
-vitlib.checks._PASSED.update(_passed)
-from vitlib import checks"""
-
-_KEEP = """
-_graded_by_vitlib = globals().get("_graded_by_vitlib", {{}})
-_graded_by_vitlib[{name!r}] = globals().get({name!r})  # what the check tests is what the hidden test gets"""
+# --- the judges -----------------------------------------------------------------------------------------
 
 
-def _graded_notebook(
-    week: _Week, sources: dict[str, str], stubbed: set[str]
-) -> tuple[NotebookNode, list[tuple[str, str]]]:
-    """The instructor's notebook with the student's exercise cells; returns it and (exercise, role) per code cell.
+class _Judges:
+    """A pool of judge worker processes (`python -m vitlib.judge`), one per job slot, reused across students."""
 
-    No cell keeps a stored output, so nbval compares none: a cell passes when it raises nothing.
-    """
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {"kernelspec": dict(week.notebook.metadata.get("kernelspec", {"name": "python3"}))}
-    roles: list[tuple[str, str]] = []
-    modules = sorted(set(re.findall(r"checks\.(\w+)\.check_", "".join(e.check_source for e in week.exercises))))
+    def __init__(self) -> None:
+        self._free: queue.Queue[subprocess.Popen] = queue.Queue()
+        self._all: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
 
-    def add(source: str, exercise: str, role: str) -> None:
-        nb.cells.append(nbformat.v4.new_code_cell(source))
-        roles.append((exercise, role))
-
-    by_id = {c.get("id"): c for c in week.notebook.cells}
-    for cell in week.notebook.cells:
-        if cell.cell_type == "code" and "setup" in cell.metadata.get("tags", []):
-            add(cell.source, "", "setup")
-    hidden = []  # run last: a later exercise cell could raise an error quoting them
-    for exercise in week.exercises:
-        if exercise.name in stubbed:
-            add(stub_source(exercise.source), exercise.name, "stub")
-            continue
-        add(sources[exercise.name], exercise.name, "exercise")
-        fresh = _FRESH_VITLIB + "".join(f"\nimport vitlib.checks.{m}" for m in modules)
-        add(fresh + (_KEEP.format(name=exercise.defines) if exercise.defines else ""), exercise.name, "integrity")
-        add(by_id[f"check-{exercise.name}"].source, exercise.name, "check")
-        if week.hidden_source and f"hidden_{exercise.name}" in week.hidden_functions and exercise.defines:
-            hidden.append((exercise.name, f"{week.hidden_source}\n\nhidden_{exercise.name}(_graded_by_vitlib[{exercise.defines!r}])"))
-    for name, source in hidden:
-        add(source, name, "hidden")
-    return nb, roles
-
-
-def _cell_outcomes(junit: Path) -> list[tuple[str, str]]:
-    """(outcome, message) per nbval item in order; outcome is passed, failed, skipped or xfail."""
-    if not junit.is_file():
-        return []
-    outcomes = []
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        failure = case.find("failure")
-        error = case.find("error")
-        skipped = case.find("skipped")
-        if failure is not None or error is not None:
-            node = failure if failure is not None else error
-            outcomes.append(("failed", _ANSI.sub("", (node.get("message") or "") + "\n" + (node.text or ""))))
-        elif skipped is not None:
-            outcomes.append(("xfail" if "xfail" in (skipped.get("type") or "") else "skipped", skipped.get("message") or ""))
-        else:
-            outcomes.append(("passed", ""))
-    return outcomes
-
-
-def _short_message(text: str) -> str:
-    """The exception a cell raised, from nbval's report: the check's own message where there is one."""
-    lines = [line.rstrip() for line in text.splitlines()]
-    for i in range(len(lines) - 1, -1, -1):
-        match = _EXCEPTION_LINE.match(lines[i].strip())
-        if match:
-            kind, first = match.groups()
-            rest = [line for line in lines[i + 1 :] if line.strip()]
-            message = "\n".join([f"{kind.split('.')[-1]}: {first}"] + rest)
-            return message[:MAX_MESSAGE_CHARS]
-    timeout = _NBVAL_TIMEOUT.search(text)
-    if timeout:
-        return timeout.group(0)[:MAX_MESSAGE_CHARS]
-    return (lines[0] if lines else "failed")[:MAX_MESSAGE_CHARS]
-
-
-def _run_nbval(nb: NotebookNode, workdir: Path, timeout: float) -> list[tuple[str, str]]:
-    """Run `nb` under nbval in `workdir`; the outcome of each code cell, in order."""
-    path = workdir / "graded.ipynb"
-    nbformat.write(nb, path)
-    (workdir / "pytest.ini").write_text("[pytest]\n")
-    junit = workdir / "result.xml"
-    command = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(workdir / "pytest.ini"),
-        "--rootdir", str(workdir), "--nbval-lax", "--nbval-current-env",
-        f"--nbval-cell-timeout={timeout:g}", f"--junitxml={junit}", str(path),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
-    env.pop("VITLIB_BUDGET", None)
-    try:
-        subprocess.run(
-            command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=timeout * (len(nb.cells) + 2) + 60, start_new_session=True,
+    def _start(self) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "vitlib.judge"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        pass  # what finished is in the junit file, if pytest got that far
-    return _cell_outcomes(junit)
+        with self._lock:
+            self._all.append(worker)
+        return worker
+
+    def ask(self, job: dict) -> dict:
+        try:
+            worker = self._free.get_nowait()
+        except queue.Empty:
+            worker = self._start()
+        try:
+            worker.stdin.write(json.dumps(job) + "\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+            answer = json.loads(line) if line else {"fault": "the judge stopped"}
+        except (OSError, ValueError) as error:
+            answer = {"fault": f"the judge failed ({type(error).__name__})"}
+        if worker.poll() is None and "fault" not in answer:
+            self._free.put(worker)
+        else:
+            worker.kill()
+        return answer
+
+    def close(self) -> None:
+        for worker in self._all:
+            if worker.poll() is None:
+                worker.stdin.close()
+                worker.wait(timeout=30)
 
 
-def grade_submission(week: _Week, student: str, path: Path | None, timeout: float = 60.0) -> list[Result]:
+def default_seed(week: Week) -> int:
+    """The grading seed when none is given: fixed by the week's hidden tests, so a class grades the same every time."""
+    digest = hashlib.sha256(f"{week.name}\n{week.hidden_source or ''}".encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % 1_000_000
+
+
+def grade_submission(week: Week, student: str, path: Path | None, judges: _Judges, job: dict) -> list[Result]:
     """Grade one student's notebook for `week` (never modifies it)."""
     cells, problem = _read_submission(path)
     results: dict[str, Result] = {}
@@ -346,83 +222,16 @@ def grade_submission(week: _Week, student: str, path: Path | None, timeout: floa
                 results[exercise.name] = Result(student, exercise.name, 0.0, exercise.points, "missing", message)
         else:
             sources[exercise.name] = source
-    stubbed = {e.name for e in week.exercises if e.name not in sources}
-    with tempfile.TemporaryDirectory(prefix="vitlib-grade-") as tmp:
-        attempt = 0
-        while len(results) < len(week.exercises) and attempt <= len(week.exercises):
-            attempt += 1
-            workdir = Path(tmp) / f"run{attempt}"
-            workdir.mkdir()
-            nb, roles = _graded_notebook(week, sources, stubbed)
-            outcomes = _run_nbval(nb, workdir, timeout)
-            broken = _collect(week, student, roles, outcomes, results)
-            if broken is None:
-                break
-            stubbed.add(broken)
-    for exercise in week.exercises:  # anything not reached: the run never got there
-        results.setdefault(
-            exercise.name, Result(student, exercise.name, 0.0, exercise.points, "error", "the grading run stopped before this exercise")
-        )
+    if sources:
+        answer = judges.ask({**job, "student": student, "sources": sources})
+        verdicts = {v["exercise"]: v for v in answer.get("verdicts", [])}
+        for exercise in week.exercises:
+            if exercise.name not in sources:
+                continue
+            v = verdicts.get(exercise.name) or {"status": "error", "message": f"the grader failed: {answer.get('fault', 'no verdict')}"}
+            points = exercise.points if v["status"] == "passed" else 0.0
+            results[exercise.name] = Result(student, exercise.name, points, exercise.points, v["status"], v.get("message", ""), v.get("hidden", False))
     return [results[e.name] for e in week.exercises]
-
-
-def _collect(week: _Week, student: str, roles, outcomes, results: dict[str, Result]) -> str | None:
-    """Fill `results` from one run; return the exercise that hung or crashed (to stub out next run), if any."""
-    points = {e.name: e.points for e in week.exercises}
-    last_cell = {exercise: i for i, (exercise, _) in enumerate(roles)}
-    by_exercise: dict[str, list[tuple[str, str, str]]] = {}
-    for i, (exercise, role) in enumerate(roles):
-        outcome, text = outcomes[i] if i < len(outcomes) else ("unrun", "")
-        if role == "setup":
-            if outcome in ("failed", "unrun"):  # the instructor's setup failed: nothing can be graded
-                for e in week.exercises:
-                    results.setdefault(e.name, Result(student, e.name, 0.0, points[e.name], "error", f"setup failed: {_short_message(text)}"))
-                return None
-            continue
-        if role == "stub" or exercise in results:
-            continue
-        if outcome in ("xfail", "unrun"):
-            return None  # after a hang or crash: graded in the next run
-        by_exercise.setdefault(exercise, []).append((role, outcome, text))
-        timeout = _NBVAL_TIMEOUT.search(text) if outcome == "failed" else None
-        if timeout:
-            seconds, rest = timeout.groups()
-            if "Failed to interrupt kernel" in rest:  # nbval cannot tell a dead kernel from a deaf one
-                status, message = "error", (
-                    "the kernel died (or could not be interrupted) while running this exercise: "
-                    "a crash, os._exit, running out of memory, or a loop that ignores interrupts?"
-                )
-            else:
-                status, message = "timeout", f"{_WHO[role]} ran longer than the {seconds} s limit: an infinite loop?"
-            results[exercise] = Result(student, exercise, 0.0, points[exercise], status, message)
-            return exercise
-        if i == last_cell[exercise]:
-            results[exercise] = _verdict(student, exercise, points[exercise], by_exercise[exercise])
-    return None
-
-
-def _verdict(student: str, exercise: str, points: float, cells: list[tuple[str, str, str]]) -> Result:
-    outcome = {role: (result, text) for role, result, text in cells}
-    ex_result, ex_text = outcome.get("exercise", ("passed", ""))
-    integrity_result, integrity_text = outcome.get("integrity", ("passed", ""))
-    check_result, check_text = outcome.get("check", ("passed", ""))
-    hidden_result, _ = outcome.get("hidden", ("passed", ""))
-    if ex_result == "failed":
-        message = _short_message(ex_text)
-        if message.startswith("NotImplementedError"):
-            return Result(student, exercise, 0.0, points, "failed", "not written yet (the exercise cell still raises NotImplementedError)")
-        return Result(student, exercise, 0.0, points, "error", f"the exercise cell raised {message}")
-    if integrity_result == "failed":  # the exercise cell broke vitlib so that it cannot be imported afresh
-        return Result(student, exercise, 0.0, points, "error", f"re-importing vitlib after the exercise cell raised {_short_message(integrity_text)}")
-    if check_result == "failed":
-        message = _short_message(check_text)
-        if message.startswith("NotImplementedError"):
-            return Result(student, exercise, 0.0, points, "failed", "not written yet")
-        status = "failed" if message.startswith(("CheckFailed", "AssertionError")) else "error"
-        return Result(student, exercise, 0.0, points, status, message)
-    if hidden_result == "failed":
-        return Result(student, exercise, 0.0, points, "failed", "passed its check, but failed a hidden test", hidden=True)
-    return Result(student, exercise, points, points, "passed", "")
 
 
 # --- the class ---------------------------------------------------------------------------------------
@@ -449,8 +258,10 @@ def grade_class(
     solutions: Path = ROOT / "solutions",
     hidden: Path = ROOT / "tests" / "hidden",
     progress: bool = True,
+    seed: int | None = None,
+    use_sandbox: bool = True,
 ) -> list[Result]:
-    """Grade every submission in `submissions`; write grades.csv and feedback/ under `out`."""
+    """Grade every submission in `submissions`; write grades.csv, feedback/ and similarity.md under `out`."""
     instructor = load_exercises(week, solutions, hidden)
     students = find_submissions(submissions, week)
     if not students:
@@ -458,26 +269,45 @@ def grade_class(
     jobs = jobs or os.cpu_count() or 1
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {s: pool.submit(grade_submission, instructor, s, p, timeout) for s, p in students.items()}
-        for _ in tqdm(as_completed(futures.values()), total=len(futures), desc=f"grading {week}", disable=not progress, file=sys.stderr):
-            pass
-        graded = {s: f.result() for s, f in futures.items()}
+    judges = _Judges()
+    with tempfile.TemporaryDirectory(prefix="vitlib-grade-") as tmp:
+        lib = withheld.strip_vitlib(Path(tmp) / "lib", week)
+        hide = [str(p) for p in (ROOT, submissions.resolve(), out.resolve(), Path(tmp))]
+        job = {"week": week, "timeout": timeout, "seed": default_seed(instructor) if seed is None else seed, "lib": str(lib),
+               "sandbox": use_sandbox, "hide": hide, "solutions": str(solutions), "hidden": str(hidden)}  # fmt: skip
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {s: pool.submit(grade_submission, instructor, s, p, judges, job) for s, p in students.items()}
+                for _ in tqdm(as_completed(futures.values()), total=len(futures), desc=f"grading {week}", disable=not progress, file=sys.stderr):
+                    pass
+                graded = {s: f.result() for s, f in futures.items()}
+        finally:
+            judges.close()
+    similarity.score(instructor, {s: _sources_of(p, instructor) for s, p in students.items()}, graded)
+    _write_reports(week, graded, out)
+    return [r for student in sorted(graded) for r in graded[student]]
 
+
+def _sources_of(path: Path | None, week: Week) -> dict[str, str]:
+    cells, problem = _read_submission(path)
+    if problem:
+        return {}
+    return {e.name: s for e in week.exercises if (s := _student_source(cells, e)) is not None}
+
+
+def _write_reports(week: str, graded: dict[str, list[Result]], out: Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", "week", "exercise", "points", "max_points", "status", "message"])
-    all_results = []
+    writer.writerow(["student", "week", "exercise", "points", "max_points", "status", "message", "similarity", "similar_to"])
     for student in sorted(graded):
         for r in graded[student]:
-            writer.writerow([student, week, r.exercise, f"{r.points:g}", f"{r.max_points:g}", r.status, r.message])
-            all_results.append(r)
+            writer.writerow([student, week, r.exercise, f"{r.points:g}", f"{r.max_points:g}", r.status, r.message, f"{r.similarity:.2f}", r.similar_to])
         write_text_atomic(out / "feedback" / f"{student}.md", _feedback(week, student, graded[student]))
     write_text_atomic(out / "grades.csv", buffer.getvalue())
-    return all_results
+    write_text_atomic(out / "similarity.md", similarity.report(week, [r for s in sorted(graded) for r in graded[s]], FLAG))
 
 
-def _summary(week: str, results: list[Result]) -> str:
+def _summary(week: str, results: list[Result], box: sandbox.Sandbox | None = None) -> str:
     students = sorted({r.student for r in results})
     exercises = list(dict.fromkeys(r.exercise for r in results))
     totals = {s: sum(r.points for r in results if r.student == s) for s in students}
@@ -487,6 +317,12 @@ def _summary(week: str, results: list[Result]) -> str:
         rows = [r for r in results if r.exercise == name]
         counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
         lines.append(f"  {name:28s} " + "  ".join(f"{s} {n}" for s, n in counts.items() if n))
+    flagged = [r for r in results if r.similarity >= FLAG]
+    if flagged:
+        lines.append(f"similarity ≥ {FLAG:g} (for you to look at; no points changed): {len(flagged)} rows, listed in similarity.md")
+        lines += [f"  {r.student} / {r.exercise}: {r.similarity:.2f} like {r.similar_to}" for r in flagged[:10]]
+    if box is not None and box.bwrap is None:
+        lines.append(f"sandbox: none ({box.why}): students' code could read files on this machine; verdicts are still the judge's")
     return "\n".join(lines)
 
 
@@ -497,17 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("grades"), help="where grades.csv and feedback/ go (default: grades)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per cell (default: 60)")
     parser.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: the number of cores)")
+    parser.add_argument("--seed", type=int, default=None, help="the grading seed of the judge's own inputs (default: fixed per week)")
+    parser.add_argument("--sandbox", choices=["auto", "off"], default="auto", help="run students' kernels in bubblewrap where it works")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.timeout <= 0 or (args.jobs is not None and args.jobs < 1):
         parser.error("--timeout must be > 0 and --jobs ≥ 1")
+    use_sandbox = args.sandbox == "auto"
     try:
-        results = grade_class(args.week, args.submissions, args.out, args.timeout, args.jobs, progress=not args.no_progress)
+        results = grade_class(args.week, args.submissions, args.out, args.timeout, args.jobs, progress=not args.no_progress,
+                              seed=args.seed, use_sandbox=use_sandbox)  # fmt: skip
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(_summary(args.week, results))
-    print(f"wrote {args.out / 'grades.csv'} and {len({r.student for r in results})} feedback files in {args.out / 'feedback'}")
+    box = sandbox.find() if use_sandbox else sandbox.Sandbox(None, "turned off with --sandbox off")
+    print(_summary(args.week, results, box))
+    print(f"wrote {args.out / 'grades.csv'}, {args.out / 'similarity.md'} and {len({r.student for r in results})} feedback files in {args.out / 'feedback'}")
     return 0
 
 
