@@ -31,7 +31,7 @@ STUB = ROOT / "weeks" / f"{WEEK}.ipynb"
 HIDDEN = ROOT / "tests" / "hidden" / f"{WEEK}.py"
 EXERCISES = ["patchify", "num_patches", "patch_embedding", "add_class_token_and_positions"]
 TIMEOUT = 20  # seconds per cell: room for the setup cell's imports on a busy machine
-HEADER = ["student", "week", "exercise", "points", "max_points", "status", "message"]
+HEADER = ["student", "week", "exercise", "points", "max_points", "status", "message", "similarity", "similar_to"]
 STRAY = "written_by_a_student.txt"  # the file `writes_files` writes into its working folder
 FOLDERS = {"folder_student", "empty_folder"}  # submitted as a folder, with or without the notebook
 
@@ -298,9 +298,10 @@ def test_grades_csv_has_one_row_per_student_and_exercise(graded):
         rows = list(csv.reader(f))
     assert rows[0] == HEADER
     assert [(row[0], row[2]) for row in rows[1:]] == graded["order"]
-    for student, week, exercise, points, max_points, status, message in rows[1:]:
+    for student, week, exercise, points, max_points, status, message, similarity, _ in rows[1:]:
         r = graded["results"][student, exercise]
         assert (week, points, max_points, status, message) == (WEEK, f"{r.points:g}", "1", r.status, r.message)
+        assert 0 <= float(similarity) <= 1
 
 
 def test_feedback_per_student_reveals_no_hidden_test(graded):

@@ -28,6 +28,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -110,16 +111,16 @@ def load_exercises(week: str, solutions: Path = ROOT / "solutions", hidden: Path
 
 
 def secrets_of(hidden_source: str | None) -> list[str]:
-    """Text of the hidden tests that must never reach a student: names, strings, and lines of 16+ characters."""
+    """Text of the hidden tests that must never reach a student: every line of 16+ characters, names and strings."""
     if not hidden_source:
         return []
-    found = []
-    for node in ast.parse(hidden_source).body:
+    found = [line.strip() for line in hidden_source.splitlines() if len(line.strip()) >= 16]
+    for node in ast.walk(ast.parse(hidden_source)):
         if isinstance(node, ast.FunctionDef):
             found.append(node.name)
-            found += [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str) and len(c.value) >= 8]
-            found += [line.strip() for line in (ast.get_source_segment(hidden_source, node) or "").splitlines() if len(line.strip()) >= 16]
-    return found
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) >= 8:
+            found += [line.strip() for line in node.value.splitlines() if len(line.strip()) >= 8]
+    return sorted(set(found))
 
 
 # --- the graded notebook ------------------------------------------------------------------------------
@@ -228,15 +229,15 @@ class Judge:
 
     def judge(self, exercise: Exercise, hello: dict, link) -> Verdict:
         """The verdict on one exercise; KernelLost goes up (the run is over)."""
-        from vitlib.checks import CheckFailed, _PASSED
-        from vitlib.remote import UsesReference
+        from vitlib.checks import _PASSED, CheckFailed, reset
+        from vitlib.remote import JudgeCannotSend, UsesReference
 
         name = exercise.name
         error = hello.get("error") if isinstance(hello.get("error"), str) else None
         if error is not None or not hello.get("defined") or not isinstance(hello.get("target"), dict):
             return self._cell_verdict(exercise, error)
         target = link.remote(hello["target"])
-        before = set(_PASSED)
+        reset()  # which checks pass is this exercise's news only
         try:
             try:
                 self._run_check(exercise, target, 0)
@@ -244,7 +245,7 @@ class Judge:
                 return Verdict(name, "failed", "not written yet")
             except (CheckFailed, AssertionError) as failure:
                 return Verdict(name, "failed", _redact(f"CheckFailed: {failure}", self.secrets))
-            passed_names = sorted(set(_PASSED) - before)
+            passed_names = sorted(_PASSED)
             hidden = self.hidden_namespace.get(f"hidden_{name}")
             try:
                 if hidden is not None:
@@ -260,6 +261,8 @@ class Judge:
             return Verdict(name, "passed", passed_names=passed_names)
         except UsesReference:
             return Verdict(name, "uses_reference", self._reference_message(exercise))
+        except JudgeCannotSend as fault:
+            return Verdict(name, "error", f"the grader could not run this check remotely ({fault}): please tell the course's maintainers")
         except Exception as error:  # the check could not work with what came back
             return Verdict(name, "error", _redact(f"{type(error).__name__}: {_clip(str(error))}", self.secrets))
 
@@ -319,14 +322,19 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _accept(server: socket.socket, process: subprocess.Popen, clock: _Clock, limit: float) -> socket.socket | str:
+def _accept(server: socket.socket, lifeline: socket.socket | None, process: subprocess.Popen, clock: _Clock, limit: float) -> socket.socket | str:
     """The next probe's connection, or why none came: "died" (the kernel is gone) or "timeout"."""
     while True:
-        try:
+        readable, _, _ = select.select([server] + ([lifeline] if lifeline else []), [], [], 0.2)
+        if server in readable:
             conn, _ = server.accept()
             return conn
-        except (socket.timeout, TimeoutError):
-            pass
+        if lifeline in readable:
+            try:
+                if not lifeline.recv(1):
+                    return "died"  # the kernel's end of the lifeline closed with it
+            except OSError:
+                return "died"
         if process.poll() is not None:
             return "died"
         if clock.elapsed() > limit:
@@ -349,12 +357,12 @@ def _run_once(judge: Judge, job: Job, sources: dict[str, str], stubbed: set[str]
         server.listen(4)
         server.settimeout(0.2)
         process = _start_kernel(job, graded_notebook(week, sources, stubbed), scratch, channel)
-        clock, ready, index = _Clock(), False, 0
+        clock, ready, index, lifeline = _Clock(), False, 0, None
         try:
             while index < len(order):
                 exercise = order[index]
                 setup_limit = job.timeout * (len(week.notebook.cells) + 2) + 60
-                conn = _accept(server, process, clock, job.timeout if ready else setup_limit)
+                conn = _accept(server, lifeline, process, clock, job.timeout if ready else setup_limit)
                 if isinstance(conn, str):
                     if not ready:
                         for e in order:
@@ -363,19 +371,30 @@ def _run_once(judge: Judge, job: Job, sources: dict[str, str], stubbed: set[str]
                     if exercise.name not in judge.verdicts:
                         judge.verdicts[exercise.name] = _lost_verdict(exercise, conn, job.timeout, "cell")
                     return exercise.name
+                try:
+                    conn.settimeout(job.timeout)
+                    header, _ = wire.receive(conn)
+                except (OSError, wire.BadMessage):
+                    conn.close()
+                    continue  # not a probe: ignore it
+                if header.get("ready") is True and not ready:
+                    ready, lifeline = True, conn
+                    if isinstance(header.get("error"), str):  # before any student code: the instructor's setup failed
+                        for e in order:
+                            judge.verdicts.setdefault(e.name, Verdict(e.name, "error", f"setup failed: {_clip(header['error'])}"))
+                        return None
+                    clock.restart()
+                    continue
                 with conn:
-                    try:
-                        conn.settimeout(job.timeout)
-                        header, _ = wire.receive(conn)
-                    except (OSError, wire.BadMessage):
-                        continue  # not a probe: ignore it
-                    if header.get("ready") is True and not ready:
-                        ready = True
-                        clock.restart()
-                        continue
                     hello = header.get("hello") if isinstance(header.get("hello"), dict) else {}
-                    if hello.get("exercise") != exercise.name:
-                        continue  # a connection that is not the probe the judge waits for
+                    later = [i for i in range(index, len(order)) if order[i].name == hello.get("exercise")]
+                    if not later:
+                        continue  # a connection that is not a probe the judge waits for
+                    for skipped in order[index : later[0]]:  # their probes never called in: the cell broke them
+                        if skipped.name not in judge.verdicts and skipped.name not in stubbed:
+                            judge.verdicts[skipped.name] = Verdict(skipped.name, "error", _NO_PROBE)
+                    index = later[0]
+                    exercise = order[index]
                     link = Link(conn, job.timeout)
                     try:
                         if exercise.name not in judge.verdicts and exercise.name not in stubbed:
@@ -393,6 +412,14 @@ def _run_once(judge: Judge, job: Job, sources: dict[str, str], stubbed: set[str]
         finally:
             _stop(process)
             server.close()
+            if lifeline is not None:
+                lifeline.close()
+
+
+_NO_PROBE = (
+    "the grader's probe after this exercise cell could not reach the judge: does the cell change Python's builtins, "
+    "the socket module or vitlib.probe?"
+)
 
 
 def _lost_verdict(exercise: Exercise, reason: str, timeout: float, where: str) -> Verdict:

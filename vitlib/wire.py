@@ -14,6 +14,7 @@ judge's side).
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import struct
@@ -40,10 +41,17 @@ class BadMessage(ValueError):
 class Encoder:
     """Turns values into JSON nodes and payload blobs; `ref(obj)` handles what is not data (or refuses)."""
 
-    def __init__(self, ref: Callable[[Any], dict] | None = None) -> None:
+    def __init__(
+        self,
+        ref: Callable[[Any], dict] | None = None,
+        alias: Callable[[torch.Tensor], dict | None] | None = None,
+        tag: Callable[[torch.Tensor], int | None] | None = None,
+    ) -> None:
         self.blobs: list[bytes] = []
         self.tensors: list[torch.Tensor] = []  # in the order of their nodes, for the caller's bookkeeping
         self._ref = ref
+        self._alias = alias  # a tensor the other side already holds: sent as a reference to it
+        self._tag = tag  # a stable number for a parameter, so that the other side keeps one object per parameter
         self._seen: dict[int, int] = {}  # id(tensor) -> its index: the same tensor twice stays one
 
     def _blob(self, data: bytes) -> int:
@@ -51,6 +59,8 @@ class Encoder:
         return len(self.blobs) - 1
 
     def tensor(self, value: torch.Tensor) -> dict:
+        if self._alias is not None and (node := self._alias(value)) is not None:
+            return node
         if id(value) in self._seen:
             return {"t": "same", "i": self._seen[id(value)]}
         data = value.detach().cpu().contiguous()
@@ -61,8 +71,10 @@ class Encoder:
                 "shape": list(data.shape), "grad": bool(value.requires_grad)}  # fmt: skip
         if isinstance(value, torch.nn.Parameter):
             node["param"] = True
-            if value.grad is not None:
-                node["g"] = self.tensor(value.grad)
+            if self._tag is not None:
+                node["pid"] = self._tag(value)
+        if value.is_leaf and value.grad is not None:
+            node["g"] = self.tensor(value.grad)
         self._seen[id(value)] = len(self.tensors)
         node["i"] = len(self.tensors)
         self.tensors.append(value)
@@ -78,6 +90,9 @@ class Encoder:
             return self.tensor(value)
         if kind in (list, tuple, set, frozenset):
             return {"t": kind.__name__, "v": [self.encode(v, depth + 1) for v in value]}
+        if kind is collections.defaultdict and value.default_factory in (dict, list, int, float):
+            return {"t": "defaultdict", "f": value.default_factory.__name__, "k": [self.encode(k, depth + 1) for k in value],
+                    "v": [self.encode(v, depth + 1) for v in value.values()]}  # fmt: skip
         if kind is dict or (isinstance(value, dict) and type(value).__module__ == "collections"):
             return {"t": "dict", "k": [self.encode(k, depth + 1) for k in value], "v": [self.encode(v, depth + 1) for v in value.values()]}
         if kind in (bytes, bytearray):
@@ -110,7 +125,13 @@ class Encoder:
 class Decoder:
     """Rebuilds values from nodes; `ref(node)` resolves references, `tensor(t, node)` may wrap tensors."""
 
-    def __init__(self, payload: bytes, blobs: list[int], ref: Callable[[dict], Any] | None = None) -> None:
+    def __init__(
+        self,
+        payload: bytes,
+        blobs: list[int],
+        ref: Callable[[dict], Any] | None = None,
+        intern: Callable[[dict, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self._payload = payload
         self._offsets = [0]
         for size in blobs:
@@ -120,6 +141,7 @@ class Decoder:
         if self._offsets[-1] != len(payload):
             raise BadMessage("the payload does not match its blob sizes")
         self._ref = ref
+        self._intern = intern  # the one object that stands for a tagged parameter
         self.tensors: list[torch.Tensor] = []
 
     def _bytes(self, index: Any) -> bytes:
@@ -142,10 +164,14 @@ class Decoder:
         value = flat.reshape(shape)
         if node.get("param"):
             value = torch.nn.Parameter(value, requires_grad=bool(node.get("grad")))
-            if "g" in node:
-                value.grad = self.decode(node["g"])
         elif node.get("grad") is True and (dtype.is_floating_point or dtype.is_complex):
             value.requires_grad_(True)
+        if "g" in node:
+            grad = self.decode(node["g"])
+            if isinstance(grad, torch.Tensor) and grad.shape == value.shape and grad.dtype == value.dtype:
+                value.grad = grad
+        if self._intern is not None and type(node.get("pid")) is int:
+            value = self._intern(node, value)
         self.tensors.append(value)
         return value
 
@@ -167,8 +193,11 @@ class Decoder:
             return self.tensors[index]
         if t in ("list", "tuple", "set", "frozenset") and items:
             return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[t](items())
-        if t == "dict" and type(node.get("k")) is list and type(v) is list and len(node["k"]) == len(v):
-            return dict(zip([self.decode(k, depth + 1) for k in node["k"]], items()))
+        if t in ("dict", "defaultdict") and type(node.get("k")) is list and type(v) is list and len(node["k"]) == len(v):
+            pairs = zip([self.decode(k, depth + 1) for k in node["k"]], items())
+            if t == "defaultdict" and node.get("f") in ("dict", "list", "int", "float"):
+                return collections.defaultdict({"dict": dict, "list": list, "int": int, "float": float}[node["f"]], pairs)
+            return dict(pairs)
         if t == "float" and v in ("nan", "inf", "-inf"):
             return float(v)
         if t == "bytes":
@@ -191,7 +220,7 @@ class Decoder:
             from PIL import Image
 
             return Image.frombytes(node["mode"], tuple(int(s) for s in node["size"]), self._bytes(node.get("b")))
-        if t == "ref" and self._ref is not None:
+        if self._ref is not None:  # references: the side that decodes knows what they stand for
             return self._ref(node)
         raise BadMessage(f"an unknown node {t!r}")
 

@@ -47,6 +47,50 @@ WITHHELD: dict[str, dict[str, list[str]]] = {
         "MLP": ["vitlib.encoder:MLP"],
         "EncoderBlock": ["vitlib.encoder:EncoderBlock"],
     },
+    "04_head": {  # the head is inline in ViT.forward, the count is ViT.num_parameters: ViT stays out until both are graded
+        "classification_head": ["vitlib.model:ViT"],
+        "vit": ["vitlib.model:ViT"],
+        "count_parameters": ["vitlib.model:ViT", "vitlib.checks.model:parameter_count_parts"],
+        "convert_torchvision_state_dict": ["vitlib.interop:from_torchvision", "vitlib.interop:_convert", "vitlib.interop:to_torchvision_state_dict"],
+    },
+    "05_training": {
+        "lr_schedule": ["vitlib.train:lr_at"],
+        "train_step": ["vitlib.checks.training:reference_train_step"],
+        "evaluate_accuracy": ["vitlib.train:evaluate", "vitlib.train:_evaluation_sums"],
+    },
+    "06_inside_the_vit": {
+        "attention_maps": ["vitlib.viz:attention_maps"],
+        "attention_rollout": ["vitlib.viz:attention_rollout"],
+        "position_similarity": ["vitlib.viz:position_similarity"],
+        "mean_attention_distance": ["vitlib.viz:mean_attention_distance"],
+    },
+    "07_transfer": {
+        "open_set_labels": ["vitlib.transfer:open_set_labels"],
+        "max_softmax_probability": ["vitlib.transfer:max_softmax_probability"],
+        "auroc": ["vitlib.transfer:auroc", "vitlib.transfer:roc_curve"],
+        "prepare_linear_probe": ["vitlib.transfer:prepare_linear_probe", "vitlib.transfer:_new_head"],
+    },
+    "08_deployment": {
+        "validate_upload": ["vitlib.serve:validate_upload"],
+        "pad_to_square": ["vitlib.serve:pad_to_square"],
+        "top_k_predictions": ["vitlib.serve:top_k_predictions"],
+    },
+    "09_masked_autoencoder": {
+        "random_masking": ["vitlib.mae:random_masking"],
+        "patch_targets": ["vitlib.mae:patch_targets"],
+        "mae_loss": ["vitlib.mae:mae_loss"],
+    },
+    "10_distillation": {
+        "prepend_tokens": ["vitlib.distill:prepend_tokens"],
+        "hard_distillation_loss": ["vitlib.distill:hard_distillation_loss"],
+        "soft_distillation_loss": ["vitlib.distill:soft_distillation_loss"],
+        "averaged_prediction": ["vitlib.distill:averaged_prediction"],
+    },
+    "11_synthetic_data": {
+        "render_disc": ["vitlib.synthetic:render_disc"],
+        "to_shape_frame": ["vitlib.synthetic:to_shape_frame"],
+        "synthetic_sample": ["vitlib.synthetic:synthetic_sample"],
+    },
 }
 
 
@@ -82,7 +126,8 @@ def references(week: str, exercises: list[str] | None = None) -> dict[str, list[
         if exercises is None or exercise in exercises:
             for entry in names:
                 module, _, name = entry.partition(":")
-                by_module.setdefault(module, []).append(name)
+                if name not in by_module.setdefault(module, []):
+                    by_module[module].append(name)
     return by_module
 
 
@@ -106,8 +151,16 @@ def reference_source(module: str, name: str) -> str:
 
 
 def reveal_sources(week: str, exercise: str) -> dict[str, str]:
-    """module -> the source that puts `exercise`'s references back (sent to the kernel once it is graded)."""
-    return {module: "\n\n".join(reference_source(module, n) for n in names) for module, names in references(week, [exercise]).items()}
+    """module -> the source that puts back what `exercise` withheld and no later exercise of the week still does."""
+    exercises = list(WITHHELD.get(week, {}))
+    later = exercises[exercises.index(exercise) + 1 :] if exercise in exercises else []
+    still = {(m, n) for m, names in references(week, later).items() for n in names} if later else set()
+    sources = {}
+    for module, names in references(week, [exercise]).items():
+        names = [n for n in dict.fromkeys(names) if (module, n) not in still]
+        if names:
+            sources[module] = "\n\n".join(reference_source(module, n) for n in names)
+    return sources
 
 
 def strip_vitlib(dest: Path, week: str) -> Path:
