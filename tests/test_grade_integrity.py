@@ -21,6 +21,7 @@ import ast
 import csv
 import functools
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def _week01() -> dict[str, tuple[dict, dict[str, str]]]:
                                        + WRONG_PATCHIFY}, expect(patchify="failed")),
         "child_rewrites_files": ({"patchify": CHILD + "\n\n" + WRONG_PATCHIFY}, expect(patchify="failed")),
         "fake_success_then_exit": ({"patchify": WRONG_PATCHIFY + "\n\n" + FAKE + "import os\n\nos._exit(0)\n"}, expect(patchify="error")),
-        "lookup_table": ({"patchify": _lookup_table()}, expect(patchify="failed")),
+        # its patchify passed the check, so the fallback of PatchEmbedding uses it, as in the notebook: it fails there too
+        "lookup_table": ({"patchify": _lookup_table()}, expect(patchify="failed", patch_embedding="failed")),
         # the hidden tests into a message
         "hidden_in_cell_error": ({"add_class_token_and_positions": f"raise RuntimeError(open({str(HIDDEN)!r}).read())\n"},
                                  expect(add_class_token_and_positions="error")),
@@ -171,7 +173,8 @@ def _week01() -> dict[str, tuple[dict, dict[str, str]]]:
     students.update({name: (_with(w, **sources), statuses) for name, (sources, statuses) in attack.items()})
     if SANDBOXED:  # the file on disk: only the OS can hide it
         source = f'ns = {{}}\nexec(open({str(ROOT / "vitlib" / "patching.py")!r}).read(), ns)\npatchify = ns["patchify"]\n'
-        students["exec_original_file"] = (_with(w, patchify=source), expect(patchify="error"))
+        # the cell raised, so patchify is undefined for PatchEmbedding's cell too, as in the notebook
+        students["exec_original_file"] = (_with(w, patchify=source), expect(patchify="error", patch_embedding="error"))
     return students
 
 
@@ -205,7 +208,7 @@ def _week03() -> dict[str, tuple[dict, dict[str, str]]]:
                "    def forward(self, z):\n        return self.inner(z)\n")  # fmt: skip
     attack = {
         "subclass": ({"MultiHeadSelfAttention": "class MultiHeadSelfAttention(vitlib.MultiHeadSelfAttention):\n    pass\n"},
-                     {"MultiHeadSelfAttention": "uses_reference"}),
+                     {"MultiHeadSelfAttention": "uses_reference", "EncoderBlock": "error"}),  # the class is never defined
         "alias": ({"MLP": "MLP = vitlib.MLP\n"}, {"MLP": "uses_reference"}),
         "wrapper": ({"EncoderBlock": wrapper}, {"EncoderBlock": "uses_reference"}),
         "patch_ipython": ({"gelu": "get_ipython().showtraceback = lambda *a, **k: None\n\n\ndef gelu(x):\n    return x * torch.sigmoid(x)\n"},
@@ -304,18 +307,28 @@ def test_the_kernel_runs_without_network_and_sees_no_course_files(tmp_path):
     """Inside the sandbox: no network, no course folder, and writes only to its scratch folder."""
     folder, out = tmp_path / "submissions", tmp_path / "out"
     folder.mkdir()
+    listener = socket.socket()  # a server of this machine's, on loopback: the sandbox's own network does not reach it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
     probe = (
         "import os, socket\n"
-        f"assert not os.path.exists({str(ROOT / 'solutions')!r}) and not os.path.exists({str(HIDDEN)!r})\n"
-        f"assert not os.path.exists({str(folder)!r})\n"
-        "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\nexcept OSError as e:\n    assert e.errno == 101, e  # Network is unreachable: not even loopback is up\n"
+        f"assert not os.path.exists({str(ROOT / 'solutions' / '01_patching.ipynb')!r}), 'solutions/ is visible'\n"
+        f"assert not os.path.exists({str(HIDDEN)!r}), 'tests/hidden/ is visible'\n"
+        f"assert not os.path.exists({str(ROOT / 'vitlib' / 'patching.py')!r}), 'the real vitlib is visible'\n"
+        f"assert not os.path.exists({str(folder / 's.ipynb')!r}), 'the submissions are visible'\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\nexcept OSError:\n    pass\n"
+        "else:\n    raise AssertionError('reached a server outside the sandbox')\n"
         "try:\n    open('/usr/vitlib-sandbox-test', 'w')\nexcept OSError:\n    pass\nelse:\n    raise AssertionError('wrote outside the scratch folder')\n"
         "open('mine.txt', 'w').write('scratch is writable')\n\n\n"
         "def num_patches(image_size, patch_size):\n"
         "    if image_size % patch_size:\n        raise ValueError('no')\n    return (image_size // patch_size) ** 2\n"
     )
     (folder / "s.ipynb").write_text(json.dumps(_with("01_patching", num_patches=probe)), encoding="utf-8")
-    results = {r.exercise: r for r in grade.grade_class("01_patching", folder, out, timeout=TIMEOUT, jobs=1, progress=False)}
+    try:
+        results = {r.exercise: r for r in grade.grade_class("01_patching", folder, out, timeout=TIMEOUT, jobs=1, progress=False)}
+    finally:
+        listener.close()
     assert results["num_patches"].status == "passed", results["num_patches"].message
     assert not Path("/usr/vitlib-sandbox-test").exists()
 

@@ -41,7 +41,6 @@ import os
 import queue
 import subprocess
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ from pathlib import Path
 
 import nbformat
 
-from vitlib import sandbox, similarity, withheld
+from vitlib import sandbox, similarity
 from vitlib.judge import Exercise, Week, load_exercises
-from vitlib.notebooks import ROOT, stub_source, write_text_atomic
+from vitlib.notebooks import ROOT, write_text_atomic
 
 __all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_class", "main"]
 
@@ -270,19 +269,17 @@ def grade_class(
     from tqdm.auto import tqdm
 
     judges = _Judges()
-    with tempfile.TemporaryDirectory(prefix="vitlib-grade-") as tmp:
-        lib = withheld.strip_vitlib(Path(tmp) / "lib", week)
-        hide = [str(p) for p in (ROOT, submissions.resolve(), out.resolve(), Path(tmp))]
-        job = {"week": week, "timeout": timeout, "seed": default_seed(instructor) if seed is None else seed, "lib": str(lib),
-               "sandbox": use_sandbox, "hide": hide, "solutions": str(solutions), "hidden": str(hidden)}  # fmt: skip
-        try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {s: pool.submit(grade_submission, instructor, s, p, judges, job) for s, p in students.items()}
-                for _ in tqdm(as_completed(futures.values()), total=len(futures), desc=f"grading {week}", disable=not progress, file=sys.stderr):
-                    pass
-                graded = {s: f.result() for s, f in futures.items()}
-        finally:
-            judges.close()
+    hide = [str(p) for p in (ROOT, solutions.resolve(), hidden.resolve(), submissions.resolve(), out.resolve())]
+    job = {"week": week, "timeout": timeout, "seed": default_seed(instructor) if seed is None else seed,
+           "sandbox": use_sandbox, "hide": hide, "solutions": str(solutions), "hidden": str(hidden)}  # fmt: skip
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {s: pool.submit(grade_submission, instructor, s, p, judges, job) for s, p in students.items()}
+            for _ in tqdm(as_completed(futures.values()), total=len(futures), desc=f"grading {week}", disable=not progress, file=sys.stderr):
+                pass
+            graded = {s: f.result() for s, f in futures.items()}
+    finally:
+        judges.close()
     similarity.score(instructor, {s: _sources_of(p, instructor) for s, p in students.items()}, graded)
     _write_reports(week, graded, out)
     return [r for student in sorted(graded) for r in graded[student]]

@@ -156,7 +156,6 @@ class Job:
     sources: dict[str, str]  # exercise -> the student's cell (missing exercises are absent)
     timeout: float = 60.0
     seed: int = 1
-    lib: str = ""  # the stripped vitlib, for the kernel's PYTHONPATH
     sandbox: bool = True
     hide: list[str] = field(default_factory=list)
     solutions: str = str(ROOT / "solutions")
@@ -280,16 +279,20 @@ class Judge:
         return Verdict(exercise.name, "error", _redact(f"the exercise cell raised {_clip(error)}", self.secrets))
 
 
-def _kernel_env(job: Job, scratch: Path, socket_path: Path) -> dict[str, str]:
+def _kernel_env(lib: Path, scratch: Path, socket_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VITLIB_", "PYTEST_"))}
     env.update(
-        PYTHONPATH=job.lib, VITLIB_JUDGE_SOCKET=str(socket_path), PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg",
+        PYTHONPATH=str(lib), VITLIB_JUDGE_SOCKET=str(socket_path), PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg",
         JUPYTER_RUNTIME_DIR=str(scratch / ".jupyter"), IPYTHONDIR=str(scratch / ".ipython"), MPLCONFIGDIR=str(scratch / ".mpl"),
     )  # fmt: skip
     return env
 
 
-def _start_kernel(job: Job, nb: NotebookNode, scratch: Path, channel: Path) -> subprocess.Popen:
+def _start_kernel(job: Job, nb: NotebookNode, workdir: Path, channel: Path) -> subprocess.Popen:
+    """pytest --nbval-lax on the graded notebook, in the sandbox, with a fresh stripped vitlib of its own."""
+    scratch = workdir / "scratch"
+    scratch.mkdir(parents=True)
+    lib = withheld.strip_vitlib(workdir / "lib", job.week)
     path = scratch / "graded.ipynb"
     nbformat.write(nb, path)
     (scratch / "pytest.ini").write_text("[pytest]\n")
@@ -299,9 +302,9 @@ def _start_kernel(job: Job, nb: NotebookNode, scratch: Path, channel: Path) -> s
         f"--nbval-cell-timeout={job.timeout * 20 + 60:g}", str(path),
     ]  # fmt: skip
     box = sandboxes.find() if job.sandbox else sandboxes.Sandbox(None, "off")
-    command = box.wrap(command, scratch=scratch, channel=channel, lib=Path(job.lib), hide=[Path(p) for p in job.hide])
+    command = box.wrap(command, scratch=scratch, channel=channel, lib=lib, hide=[Path(p) for p in job.hide])
     return subprocess.Popen(
-        command, cwd=scratch, env=_kernel_env(job, scratch, channel / "s"),
+        command, cwd=scratch, env=_kernel_env(lib, scratch, channel / "s"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
@@ -348,15 +351,13 @@ def _run_once(judge: Judge, job: Job, sources: dict[str, str], stubbed: set[str]
 
     week = judge.week
     order = list(week.exercises)
-    scratch = workdir / "scratch"
-    scratch.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="vj") as channel_dir:  # a short path: sockets allow ~100 bytes
         channel = Path(channel_dir)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(channel / "s"))
         server.listen(4)
         server.settimeout(0.2)
-        process = _start_kernel(job, graded_notebook(week, sources, stubbed), scratch, channel)
+        process = _start_kernel(job, graded_notebook(week, sources, stubbed), workdir, channel)
         clock, ready, index, lifeline = _Clock(), False, 0, None
         try:
             while index < len(order):

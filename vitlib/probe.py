@@ -264,7 +264,10 @@ def answer(exercise: str, name: str | None, namespace: dict) -> None:
             hello["target"] = server.ref(value)
         wire.send(sock, {"hello": hello})
         done = server.serve()
-    import vitlib.checks
+    try:  # for the fallbacks of the later exercises only: nothing here is judged
+        import vitlib.checks
 
-    vitlib.checks._PASSED.update(n for n in done.get("passed", []) if isinstance(n, str))
-    _reveal({k: v for k, v in done.get("reveal", {}).items() if isinstance(k, str) and isinstance(v, str)})
+        vitlib.checks._PASSED.update(n for n in done.get("passed", []) if isinstance(n, str))
+        _reveal({k: v for k, v in done.get("reveal", {}).items() if isinstance(k, str) and isinstance(v, str)})
+    except Exception:  # a kernel whose modules the student's code replaced: its later exercises may fall short
+        pass

@@ -35,7 +35,11 @@ class Sandbox:
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
         args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         prefix = Path(sys.prefix).resolve()
+        hidden: list[Path] = []
         for path in sorted({p.resolve() for p in hide if p.exists()}, key=lambda p: len(p.parts)):
+            if any(path.is_relative_to(h) for h in hidden):
+                continue  # already gone with a folder above it
+            hidden.append(path)
             args += ["--tmpfs", str(path)]
             if prefix.is_relative_to(path):  # the Python environment lives in the course folder (.venv)
                 args += ["--ro-bind", str(prefix), str(prefix)]

@@ -35,13 +35,16 @@ WINDOW = 6  # the winnowing window: guarantee threshold 30 (copydetect's default
 
 def fingerprint(code: str, boilerplate: str = ""):
     """copydetect's fingerprint of a Python cell, without the hashes of `boilerplate`."""
+    import numpy as np
     from copydetect import CodeFingerprint
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # copydetect warns on empty input
-    import numpy as np
-
-    base = np.array(sorted(CodeFingerprint("boilerplate.py", NOISE, WINDOW, fp=io.StringIO(boilerplate)).hashes)) if boilerplate else None
-    return CodeFingerprint("cell.py", NOISE, WINDOW, boilerplate=base, fp=io.StringIO(code))
+    root = logging.getLogger()
+    level, root.level = root.level, max(root.level, logging.ERROR)  # copydetect warns on the root logger about short cells
+    try:
+        base = np.array(sorted(CodeFingerprint("boilerplate.py", NOISE, WINDOW, fp=io.StringIO(boilerplate)).hashes)) if boilerplate else None
+        return CodeFingerprint("cell.py", NOISE, WINDOW, boilerplate=base, fp=io.StringIO(code))
+    finally:
+        root.level = level
 
 
 def similarity(student, other) -> float:
