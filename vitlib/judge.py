@@ -325,96 +325,135 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _accept(server: socket.socket, lifeline: socket.socket | None, process: subprocess.Popen, clock: _Clock, limit: float) -> socket.socket | str:
-    """The next probe's connection, or why none came: "died" (the kernel is gone) or "timeout"."""
-    while True:
-        readable, _, _ = select.select([server] + ([lifeline] if lifeline else []), [], [], 0.2)
-        if server in readable:
-            conn, _ = server.accept()
-            return conn
-        if lifeline in readable:
-            try:
-                if not lifeline.recv(1):
-                    return "died"  # the kernel's end of the lifeline closed with it
-            except OSError:
+class _Run:
+    """One nbval run of the graded notebook: its kernel, the judge's socket, and the probes as they call in."""
+
+    def __init__(self, judge: Judge, job: Job, nb: NotebookNode, workdir: Path, channel: Path) -> None:
+        self.judge, self.job, self.order = judge, job, list(judge.week.exercises)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(channel / "s"))
+        self.server.listen(4)
+        self.process = _start_kernel(job, nb, workdir, channel)
+        self.clock, self.lifeline = _Clock(), None
+
+    def close(self) -> None:
+        _stop(self.process)
+        self.server.close()
+        if self.lifeline is not None:
+            self.lifeline.close()
+
+    def accept(self, limit: float) -> socket.socket | str:
+        """The next connection, or why none came: "died" (the kernel is gone) or "timeout"."""
+        watched = [self.server] + ([self.lifeline] if self.lifeline else [])
+        while True:
+            readable, _, _ = select.select(watched, [], [], 0.2)
+            if self.server in readable:
+                conn, _ = self.server.accept()
+                conn.settimeout(self.job.timeout)
+                return conn
+            if self.lifeline in readable:
+                with contextlib.suppress(OSError):
+                    if self.lifeline.recv(1):
+                        continue
+                return "died"  # the kernel's end of the lifeline closed with it
+            if self.process.poll() is not None:
                 return "died"
-        if process.poll() is not None:
-            return "died"
-        if clock.elapsed() > limit:
-            return "timeout"
+            if self.clock.elapsed() > limit:
+                return "timeout"
+
+    def message(self, limit: float) -> tuple[socket.socket, dict] | str:
+        """The next connection that sends a message, and the message."""
+        from vitlib import wire
+
+        while True:
+            conn = self.accept(limit)
+            if isinstance(conn, str):
+                return conn
+            try:
+                return conn, wire.receive(conn)[0]
+            except (OSError, wire.BadMessage):
+                conn.close()  # not a probe: ignore it
+
+    def wait_ready(self) -> bool:
+        """Until the setup cells have run (the lifeline connects); False, with every verdict an error, if they fail."""
+        limit = self.job.timeout * (len(self.judge.week.notebook.cells) + 2) + 60
+        while True:
+            got = self.message(limit)
+            if isinstance(got, str):
+                return self._all_fail("the instructor's setup cells did not finish")
+            conn, header = got
+            if header.get("ready") is True:
+                self.lifeline = conn
+                if isinstance(header.get("error"), str):  # before any student code ran: the instructor's setup failed
+                    return self._all_fail(f"setup failed: {_clip(header['error'])}")
+                self.clock.restart()
+                return True
+            conn.close()
+
+    def _all_fail(self, message: str) -> bool:
+        for e in self.order:
+            self.judge.verdicts.setdefault(e.name, Verdict(e.name, "error", message))
+        return False
+
+    def probe(self, index: int, stubbed: set[str]) -> tuple[int, socket.socket, dict] | str:
+        """The probe of exercise `index` or a later one (the ones skipped never called in: their cells broke them)."""
+        while True:
+            got = self.message(self.job.timeout)
+            if isinstance(got, str):
+                return got
+            conn, header = got
+            hello = header.get("hello") if isinstance(header.get("hello"), dict) else {}
+            later = [i for i in range(index, len(self.order)) if self.order[i].name == hello.get("exercise")]
+            if later:
+                for skipped in self.order[index : later[0]]:
+                    if skipped.name not in stubbed:
+                        self.judge.verdicts.setdefault(skipped.name, Verdict(skipped.name, "error", _NO_PROBE))
+                return later[0], conn, hello
+            conn.close()  # a connection that is not a probe the judge waits for
+
+    def serve(self, exercise: Exercise, conn: socket.socket, hello: dict, stubbed: set[str]) -> bool:
+        """Judge `exercise` (unless already judged, or a stub), then tell the kernel; False if the kernel was lost."""
+        from vitlib import wire
+        from vitlib.remote import KernelLost, Link
+
+        verdicts = self.judge.verdicts
+        with conn:
+            try:
+                if exercise.name not in verdicts and exercise.name not in stubbed:
+                    verdicts[exercise.name] = self.judge.judge(exercise, hello, Link(conn, self.job.timeout))
+            except KernelLost as lost:
+                verdicts[exercise.name] = _lost_verdict(exercise, lost.reason, self.job.timeout, "call")
+                return False
+            verdict = verdicts.get(exercise.name)
+            passed = verdict.passed_names if verdict is not None and verdict.status in ("passed", "failed") else []
+            reveal = withheld.reveal_sources(self.judge.week.name, exercise.name)
+            with contextlib.suppress(OSError):
+                wire.send(conn, {"op": "done", "passed": passed, "reveal": reveal})
+        self.clock.restart()
+        return True
 
 
 def _run_once(judge: Judge, job: Job, sources: dict[str, str], stubbed: set[str], workdir: Path) -> str | None:
     """One nbval run; fills judge.verdicts; returns the exercise that hung or crashed (to stub next time)."""
-    from vitlib import wire
-    from vitlib.remote import KernelLost, Link
-
-    week = judge.week
-    order = list(week.exercises)
-    with tempfile.TemporaryDirectory(prefix="vj") as channel_dir:  # a short path: sockets allow ~100 bytes
-        channel = Path(channel_dir)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(channel / "s"))
-        server.listen(4)
-        server.settimeout(0.2)
-        process = _start_kernel(job, graded_notebook(week, sources, stubbed), workdir, channel)
-        clock, ready, index, lifeline = _Clock(), False, 0, None
+    order = judge.week.exercises
+    with tempfile.TemporaryDirectory(prefix="vj") as channel:  # a short path: a socket's allows ~100 bytes
+        run = _Run(judge, job, graded_notebook(judge.week, sources, stubbed), workdir, Path(channel))
         try:
+            if not run.wait_ready():
+                return None
+            index = 0
             while index < len(order):
-                exercise = order[index]
-                setup_limit = job.timeout * (len(week.notebook.cells) + 2) + 60
-                conn = _accept(server, lifeline, process, clock, job.timeout if ready else setup_limit)
-                if isinstance(conn, str):
-                    if not ready:
-                        for e in order:
-                            judge.verdicts.setdefault(e.name, Verdict(e.name, "error", "the instructor's setup cells did not finish"))
-                        return None
-                    if exercise.name not in judge.verdicts:
-                        judge.verdicts[exercise.name] = _lost_verdict(exercise, conn, job.timeout, "cell")
-                    return exercise.name
-                try:
-                    conn.settimeout(job.timeout)
-                    header, _ = wire.receive(conn)
-                except (OSError, wire.BadMessage):
-                    conn.close()
-                    continue  # not a probe: ignore it
-                if header.get("ready") is True and not ready:
-                    ready, lifeline = True, conn
-                    if isinstance(header.get("error"), str):  # before any student code: the instructor's setup failed
-                        for e in order:
-                            judge.verdicts.setdefault(e.name, Verdict(e.name, "error", f"setup failed: {_clip(header['error'])}"))
-                        return None
-                    clock.restart()
-                    continue
-                with conn:
-                    hello = header.get("hello") if isinstance(header.get("hello"), dict) else {}
-                    later = [i for i in range(index, len(order)) if order[i].name == hello.get("exercise")]
-                    if not later:
-                        continue  # a connection that is not a probe the judge waits for
-                    for skipped in order[index : later[0]]:  # their probes never called in: the cell broke them
-                        if skipped.name not in judge.verdicts and skipped.name not in stubbed:
-                            judge.verdicts[skipped.name] = Verdict(skipped.name, "error", _NO_PROBE)
-                    index = later[0]
-                    exercise = order[index]
-                    link = Link(conn, job.timeout)
-                    try:
-                        if exercise.name not in judge.verdicts and exercise.name not in stubbed:
-                            judge.verdicts[exercise.name] = judge.judge(exercise, hello, link)
-                    except KernelLost as lost:
-                        judge.verdicts[exercise.name] = _lost_verdict(exercise, lost.reason, job.timeout, "call")
-                        return exercise.name
-                    verdict = judge.verdicts.get(exercise.name)
-                    passed = verdict.passed_names if verdict and verdict.status in ("passed", "failed") and verdict.passed_names else []
-                    with contextlib.suppress(OSError):
-                        wire.send(conn, {"op": "done", "passed": passed, "reveal": withheld.reveal_sources(week.name, exercise.name)})
+                got = run.probe(index, stubbed)
+                if isinstance(got, str):  # the kernel died or hung in the exercise cell
+                    judge.verdicts.setdefault(order[index].name, _lost_verdict(order[index], got, job.timeout, "cell"))
+                    return order[index].name
+                index, conn, hello = got
+                if not run.serve(order[index], conn, hello, stubbed):
+                    return order[index].name
                 index += 1
-                clock.restart()
             return None
         finally:
-            _stop(process)
-            server.close()
-            if lifeline is not None:
-                lifeline.close()
+            run.close()
 
 
 _NO_PROBE = (
