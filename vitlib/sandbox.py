@@ -34,14 +34,14 @@ class Sandbox:
             return command
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
         args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        prefix = Path(sys.prefix).resolve()
-        hidden: list[Path] = []
+        hidden: list[Path] = [Path("/tmp")]
         for path in sorted({p.resolve() for p in hide if p.exists()}, key=lambda p: len(p.parts)):
             if any(path.is_relative_to(h) for h in hidden):
                 continue  # already gone with a folder above it
             hidden.append(path)
             args += ["--tmpfs", str(path)]
-            if prefix.is_relative_to(path):  # the Python environment lives in the course folder (.venv)
+        for prefix in sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}):
+            if any(prefix.is_relative_to(h) for h in hidden):  # the Python environment lives in a hidden folder (.venv)
                 args += ["--ro-bind", str(prefix), str(prefix)]
         args += ["--ro-bind", str(lib), str(lib), "--bind", str(scratch), str(scratch), "--bind", str(channel), str(channel)]
         return [*args, "--chdir", str(scratch), "--", *command]
