@@ -22,12 +22,17 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # JupyterLab listens on 127.0.0.1 only; collaboration (jupyter-collaboration) is off in `lab`, on in `lab-collab`.
-LAB := $(BIN)/jupyter lab --notebook-dir=weeks --ServerApp.ip=127.0.0.1
+# As root (a container, a devcontainer, Docker) JupyterLab refuses to start unless it is given --allow-root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+LAB := $(BIN)/jupyter lab --notebook-dir=weeks --ServerApp.ip=127.0.0.1 $(ALLOW_ROOT)
+SAY_ROOT := $(if $(ALLOW_ROOT),@echo "make: running as root (a container?): JupyterLab is started with --allow-root")
 
 lab: setup
+	$(SAY_ROOT)
 	$(LAB) --YDocExtension.disable_rtc=True
 
 lab-collab: setup
+	$(SAY_ROOT)
 	$(LAB) --YDocExtension.disable_rtc=False
 
 git-setup: setup

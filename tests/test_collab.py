@@ -47,7 +47,7 @@ class _Lab:
         self.log = folder / "lab.log"
         # its own Jupyter folders: neither the user's settings nor this test's state leak either way
         env = {**os.environ, **{f"JUPYTER_{kind}_DIR": str(folder / f".jupyter-{kind.lower()}") for kind in ("CONFIG", "DATA", "RUNTIME")}}
-        root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # CI containers run as root
+        root = []  # `make` adds --allow-root itself when it runs as root (test_make_lab_allows_root_only_as_root)
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [*command, "--no-browser", f"--ServerApp.port={self.port}", f"--IdentityProvider.token={self.token}",
@@ -140,3 +140,12 @@ def test_collaboration_files_stay_out_of_git():
     ignored = subprocess.run(["git", "check-ignore", ".jupyter_ystore.db", "weeks/.jupyter/collaboration_sessions.json"],
                              cwd=ROOT, capture_output=True, text=True)
     assert ignored.stdout.split() == [".jupyter_ystore.db", "weeks/.jupyter/collaboration_sessions.json"]
+
+
+def test_make_lab_allows_root_only_as_root():
+    """As root (a container), JupyterLab needs --allow-root: `make lab` adds it then, says so, and only then."""
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    for target in ("lab", "lab-collab"):
+        assert ("--allow-root" in _lab_command(target)) == as_root
+        shown = subprocess.run(["make", "-n", "-s", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        assert ("running as root" in shown) == as_root

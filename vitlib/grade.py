@@ -197,7 +197,10 @@ class _Judges:
         for worker in self._all:
             if worker.poll() is None:
                 worker.stdin.close()
-                worker.wait(timeout=30)
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
 
 
 def default_seed(week: Week) -> int:

@@ -10,8 +10,9 @@ closest of:
 - `solution`: the instructor's solution cell;
 - `student:NAME`: the same exercise of another submission of the class.
 
-A flag changes no points: the instructor reads `similarity.md` and decides. Very short answers
-(a one-line `rearrange`) leave too little code to fingerprint and score 0.
+A flag changes no points: the instructor reads `similarity.md` and decides. Answers with fewer
+than `MIN_FINGERPRINTS` fingerprints of their own (a line or two beyond the stub, such as a
+one-line `rearrange`) are too short to tell a copy from the obvious answer, and score 0.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from vitlib.grade import Result
     from vitlib.judge import Week
 
-__all__ = ["NOISE", "WINDOW", "fingerprint", "similarity", "score", "report"]
+__all__ = ["NOISE", "WINDOW", "MIN_FINGERPRINTS", "fingerprint", "similarity", "score", "report"]
 
 NOISE = 25  # copydetect's noise threshold: matches shorter than this many filtered characters are ignored
 WINDOW = 6  # the winnowing window: guarantee threshold 30 (copydetect's defaults)
+MIN_FINGERPRINTS = 10  # fewer of the student's own: too short to score
 
 
 def fingerprint(code: str, boilerplate: str = ""):
@@ -63,17 +65,18 @@ def score(week: Week, sources: dict[str, dict[str, str]], graded: dict[str, list
         boilerplate = stub_source(exercise.source)
         names = withheld.references(week.name, [exercise.name])
         vitlib_source = "\n\n".join(withheld.reference_source(m, n) for m, ns in names.items() for n in ns)
-        known = {"solution": fingerprint(exercise.source, boilerplate)}
-        if vitlib_source:
-            known["vitlib"] = fingerprint(vitlib_source, boilerplate)
+        known = {"vitlib": fingerprint(vitlib_source, boilerplate)} if vitlib_source else {}  # first: wins a tie
+        known["solution"] = fingerprint(exercise.source, boilerplate)
         prints = {s: fingerprint(code[exercise.name], boilerplate) for s, code in sources.items() if exercise.name in code}
         for student, results in graded.items():
             if student not in prints:
                 continue
             mine = prints[student]
-            candidates = {**known, **{f"student:{s}": p for s, p in prints.items() if s != student}}
+            if len(mine.hashes) < MIN_FINGERPRINTS:
+                continue
+            candidates = {**known, **{f"student:{s}": prints[s] for s in sorted(prints) if s != student}}
             best, to = 0.0, ""
-            for name, other in sorted(candidates.items()):
+            for name, other in candidates.items():
                 value = similarity(mine, other)
                 if value > best + 1e-9:
                     best, to = value, name
