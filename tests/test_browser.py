@@ -102,3 +102,73 @@ def test_upload_a_wide_picture_and_see_the_heat_map_over_it_only(server_url, bro
     assert browser.execute_script(_ALPHA, 140, 40) == 0 and browser.execute_script(_ALPHA, 140, 240) == 0
     assert browser.execute_script(_ALPHA, 140, 140) > 0
     assert browser.execute_script(_ALPHA, 20, 140) == 0  # left of the garment: outside the square the model saw
+
+
+def _wait_for_answer_or_error(browser) -> None:
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "answer").text or d.find_element(By.ID, "error").text)
+
+
+def _garment(tmp_path, name: str, background: str):
+    """A test image of Fashion-MNIST's as a PNG: light on "black" (the dataset's own look), or dark on "white" (a photo on paper)."""
+    from PIL import Image
+
+    from vitlib.data import load_dataset
+
+    pixels = load_dataset("fashion-mnist-small", "test").images[0, 0].numpy()
+    image = Image.fromarray(pixels if background == "black" else 255 - pixels).resize((112, 112))
+    path = tmp_path / name
+    image.save(path)
+    return path
+
+
+def test_upload_is_a_button_and_an_empty_canvas_asks_for_a_drawing(server_url, browser, tmp_path):
+    browser.get(server_url)
+    assert browser.find_element(By.ID, "choose").tag_name == "button"
+    browser.find_element(By.ID, "predict").click()
+    assert browser.find_element(By.ID, "error").text.startswith("Draw something first")
+    assert browser.find_element(By.ID, "answer").text == ""
+    browser.save_screenshot(str(tmp_path / "empty-canvas.png"))
+
+
+def test_an_error_clears_the_previous_answer_and_the_same_file_can_be_chosen_again(server_url, browser, tmp_path):
+    picture = _garment(tmp_path, "light.png", "white")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 10)
+    browser.get(server_url)
+    upload = browser.find_element(By.ID, "upload")
+    upload.send_keys(str(picture))
+    _wait_for_answer_or_error(browser)
+    assert browser.find_element(By.ID, "answer").text and browser.find_element(By.ID, "error").text == ""
+    upload.send_keys(str(broken))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    browser.save_screenshot(str(tmp_path / "after-an-error.png"))
+    assert browser.find_element(By.ID, "answer").text == "" and not browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
+    assert browser.execute_script(_ALPHA, 140, 140) == 0  # no heat-map of the previous picture either
+    upload.send_keys(str(broken))  # the same file again: the page answers again (the error comes back)
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    upload.send_keys(str(picture))
+    _wait_for_answer_or_error(browser)
+    browser.find_element(By.ID, "clear").click()
+    upload.send_keys(str(picture))  # ... and the same picture twice in a row
+    _wait_for_answer_or_error(browser)
+    assert browser.find_element(By.ID, "answer").text and browser.find_element(By.ID, "error").text == ""
+
+
+_HOTTEST = """
+const h = document.getElementById('heat').getContext('2d').getImageData(0, 0, 280, 280).data;
+let best = 3; for (let i = 3; i < h.length; i += 4) if (h[i] > h[best]) best = i;
+return [h[best - 3], h[best - 2], h[best - 1], h[best]];
+"""
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light picture", "dark picture"])
+def test_the_heat_map_reads_on_light_and_on_dark_pictures(server_url, browser, tmp_path, dark):
+    browser.get(server_url)
+    browser.find_element(By.ID, "upload").send_keys(str(_garment(tmp_path, "garment.png", "black" if dark else "white")))
+    _wait_for_answer_or_error(browser)
+    assert browser.find_element(By.ID, "error").text == ""
+    browser.save_screenshot(str(tmp_path / f"heat-{'dark' if dark else 'light'}.png"))
+    red, green, blue, alpha = browser.execute_script(_HOTTEST)
+    assert alpha > 100
+    luminance = 0.299 * red + 0.587 * green + 0.114 * blue
+    assert luminance > 180 if dark else luminance < 110, (red, green, blue)  # light over dark, dark over light
