@@ -8,7 +8,6 @@ grade every exercise must get is written next to it. The whole class is graded i
 
 from __future__ import annotations
 
-import ast
 import copy
 import csv
 import functools
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from hidden_text import hidden_text
 from vitlib import checks, grade
 from vitlib.notebooks import ROOT
 
@@ -310,13 +310,7 @@ def test_feedback_per_student_reveals_no_hidden_test(graded):
     texts = {p.stem: p.read_text(encoding="utf-8") for p in feedback.iterdir()}
     assert "**4 / 4 points**" in texts["complete"] and "**0 / 4 points**" in texts["empty"]
     assert "**3 / 4 points**" in texts["hidden_fail"] and "failed a hidden test" in texts["hidden_fail"]
-    source = HIDDEN.read_text(encoding="utf-8")
-    secrets = []
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef):
-            secrets.append(node.name)
-            secrets += [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
-            secrets += [line.strip() for line in ast.get_source_segment(source, node).splitlines() if len(line.strip()) >= 16]
+    secrets = hidden_text(HIDDEN)
     assert "patchify must keep the dtype" in secrets and "hidden_patchify" in secrets
     assert graded["results"]["steals_hidden", "add_class_token_and_positions"].message == "the exercise cell raised RuntimeError: []"
     csv_text = (graded["out"] / "grades.csv").read_text(encoding="utf-8")

@@ -17,7 +17,6 @@ One `grade_class` call per week (a kernel start costs seconds), shared by the te
 
 from __future__ import annotations
 
-import ast
 import csv
 import functools
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hidden_text import hidden_text
 from vitlib import grade, sandbox, withheld
 from vitlib.notebooks import ROOT
 
@@ -258,22 +258,11 @@ def test_using_the_reference_says_so(tmp):
         assert "vitlib's own answer" in message and "write it yourself" in message, message
 
 
-def _secrets() -> list[str]:
-    source = HIDDEN.read_text(encoding="utf-8")
-    found = []
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef):
-            found.append(node.name)
-            found += [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
-            found += [line.strip() for line in ast.get_source_segment(source, node).splitlines() if len(line.strip()) >= 16]
-    return found
-
-
 def test_nothing_hidden_reaches_the_feedback(tmp):
     graded = _graded("01_patching", tmp)
     texts = [p.read_text(encoding="utf-8") for p in (graded["out"] / "feedback").iterdir()]
     texts.append((graded["out"] / "grades.csv").read_text(encoding="utf-8"))
-    secrets = _secrets()
+    secrets = hidden_text(HIDDEN)
     assert "patchify must keep the dtype" in secrets
     for text in texts:
         assert not [s for s in secrets if s in text]
@@ -356,6 +345,6 @@ def test_without_a_sandbox_the_verdicts_still_hold(tmp_path):
     assert "not shown" in results["hidden_in_cell_error", "add_class_token_and_positions"].message
     assert "not shown" in results["hidden_when_called", "num_patches"].message
     texts = [p.read_text(encoding="utf-8") for p in (out / "feedback").iterdir()] + [(out / "grades.csv").read_text(encoding="utf-8")]
-    secrets = _secrets()
+    secrets = hidden_text(HIDDEN)
     for text in texts:
         assert not [s for s in secrets if s in text]
