@@ -325,12 +325,6 @@ class Link:
             return tuple(items) if node["t"] == "tuple" else items
         return decoder.decode(node)
 
-    def close(self) -> None:
-        try:
-            wire.send(self.sock, {"op": "done"})
-        except OSError:
-            pass
-
 
 class Remote:
     """An object of the student's kernel. Every use is a request over its `Link`."""
