@@ -24,14 +24,34 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitlib.checks.feedback import (
+    _FAILED,
+    _PASSED,
+    CheckFailed,
+    ExercisesNotPassed,
+    NotWrittenYet,
+    exercise,
+    report_card,
+    reporting,
+    student_lines,
+    whose,
+)
+
 __all__ = [
     "CheckFailed",
+    "NotWrittenYet",
+    "ExercisesNotPassed",
+    "exercise",
+    "report_card",
+    "reporting",
+    "whose",
     "rel_error",
     "fail",
     "passed",
@@ -48,12 +68,7 @@ __all__ = [
     "seeded",
 ]
 
-_PASSED: set[str] = set()
 _SEED_OFFSET = 0  # 0 in the notebooks; the grader's judge draws other inputs from its grading seed
-
-
-class CheckFailed(AssertionError):
-    """A check found a mistake. The message says what was expected, what came, and a likely cause."""
 
 
 def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -62,20 +77,42 @@ def rel_error(x: torch.Tensor, y: torch.Tensor) -> float:
     return ((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max().item()
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, at: tuple[int, ...] | None = None) -> str:
+    """A value as a student would describe it: a tensor's shape, dtype and first values (from `at`), else its type and repr."""
     if isinstance(value, torch.Tensor):
         flat = value.detach().flatten()
-        head = ", ".join(f"{v:.4g}" for v in flat[:4].tolist())
-        more = ", ..." if flat.numel() > 4 else ""
-        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}: [{head}{more}]"
-    return repr(value)
+        start = 0 if at is None or value.dim() == 0 else int(torch.tensor(at) @ torch.tensor(value.contiguous().stride()))
+        head = ", ".join(f"{v:.4g}" for v in flat[start : start + 4].tolist())
+        where = f" from [{', '.join(map(str, at))}]" if start else ""
+        more = ", ..." if flat.numel() > start + 4 else ""
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}{where}: [{'..., ' if start else ''}{head}{more}]"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        kind = "floats" if any(isinstance(v, float) for v in value) else "ints"
+        head = ", ".join(f"{v:.4g}" for v in value[:4])
+        return f"a {type(value).__name__} of {len(value)} {kind}: [{head}{', ...' if len(value) > 4 else ''}]"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
-def fail(what: str, expected: Any, got: Any, hint: str) -> None:
-    """Raise CheckFailed with the three parts every failure names."""
-    exp = expected if isinstance(expected, str) else _short(expected)
-    gt = got if isinstance(got, str) else _short(got)
-    raise CheckFailed(f"✗ {what}\n  expected: {exp}\n  got:      {gt}\n  hint:     {hint}")
+def fail(what: str, expected: Any, got: Any, hint: str, *, differs: str | None = None, at: tuple[int, ...] | None = None) -> None:
+    """Raise CheckFailed with the three parts every failure names (and, for values, where they differ)."""
+    exp = expected if isinstance(expected, str) else _short(expected, at)
+    gt = got if isinstance(got, str) else _short(got, at)
+    where = f"\n  differs:  {differs}" if differs else ""
+    raise CheckFailed(f"✗ {what}\n  expected: {exp}\n  got:      {gt}{where}\n  hint:     {hint}")
+
+
+def where_they_differ(got: torch.Tensor, expected: torch.Tensor, tol: float, index: str = "index") -> tuple[str, tuple[int, ...]]:
+    """'3 of 48 values differ; the first at index [0, 2]: 0.5 where 0.25 was expected', and that index."""
+    x, y = got.detach().double(), expected.detach().double()
+    bad = ((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8) > tol) | (x.isnan() != y.isnan())
+    if not bad.any():
+        return "no value differs by more than the tolerance", (0,) * x.dim()
+    first = tuple(int(i) for i in bad.nonzero()[0]) if x.dim() else ()
+    shown = str(first[0]) if len(first) == 1 else f"[{', '.join(map(str, first))}]"
+    n = int(bad.sum())
+    count = "the value differs" if bad.numel() == 1 else f"{n} of {bad.numel()} values {'differ' if n > 1 else 'differs'}"
+    return f"{count}; the first at {index} {shown}: {x[first].item():.4g} where {y[first].item():.4g} was expected", first
 
 
 def passed(name: str, detail: str) -> None:
@@ -89,8 +126,9 @@ def has_passed(name: str) -> bool:
 
 
 def reset() -> None:
-    """Forget which checks passed (tests use it)."""
+    """Forget which checks passed and failed (tests and the judge use it)."""
     _PASSED.clear()
+    _FAILED.clear()
 
 
 def mine_or_reference(name: str, mine: Any, reference: Any) -> Any:
@@ -135,7 +173,7 @@ def from_notebook(
                 continue
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             try:
-                with contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stdout(io.StringIO()), reporting(False):
                     exec(compile(source, f"{path.name}:{cell.get('id')}", "exec"), namespace)
             except (NotImplementedError, CheckFailed):
                 continue  # a stub, or a check that fails: its exercise falls back to the reference
@@ -149,7 +187,7 @@ def from_notebook(
                 reason = f"{name} is not defined in {path.name}"
             elif check is not None:
                 try:
-                    with contextlib.redirect_stdout(io.StringIO()):
+                    with contextlib.redirect_stdout(io.StringIO()), reporting(False):
                         check(mine)
                 except NotImplementedError:
                     reason = f"your {name} in {path.name} is not written yet"
@@ -162,22 +200,37 @@ def from_notebook(
     return reference
 
 
-def call_student(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the student's code. Not written yet: NotImplementedError with what to do. Crashed: CheckFailed."""
+def call_student(
+    name: str, fn: Callable[..., Any], *args: Any, crash_hints: Mapping[str, str] | None = None, **kwargs: Any
+) -> Any:
+    """Call the student's code. Not written yet: NotWrittenYet. Crashed: CheckFailed, with the student's error
+    as its cause (a notebook shows the lines of the student's code that raised it).
+
+    `crash_hints` maps a regular expression to a hint: the first one found in the student's lines that
+    raised (or in the error's message) gives the hint, so a hint is given only where its cause is seen.
+    """
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        raise NotImplementedError(
-            f"{name} is not written yet: replace `raise NotImplementedError` in the exercise cell above "
-            "with your code, run that cell, then run this check again"
-        ) from None
+        raise NotWrittenYet(name) from None
     except CheckFailed:
         raise
     except Exception as error:  # the student's traceback stays attached as the cause
-        raise CheckFailed(
-            f"✗ {name} raised {type(error).__name__}: {error}\n"
-            "  hint:     read the traceback above this message; the last lines in your cell show where"
-        ) from error
+        where = student_lines(error)
+        seen = "\n".join([*where, f"{type(error).__name__}: {error}"])
+        hint = next((h for pattern, h in (crash_hints or {}).items() if re.search(pattern, seen)), None)
+        if hint is None:
+            hint = (
+                "the lines above are where your code raised it: check the shapes and types it uses there"
+                if where
+                else "your code raised this before it returned: call it on a small input yourself to see where"
+            )
+        raise CheckFailed(f"✗ {name} raised {type(error).__name__}: {_clip(str(error))}\n  hint:     {hint}") from error
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def expect_tensor(what: str, got: Any) -> torch.Tensor:
@@ -210,8 +263,13 @@ def expect_close(
     mistakes: Mapping[str, torch.Tensor] | None = None,
     hint: str = "compare your steps with the equation in the text above",
     shape_hint: str | None = None,
+    index: str = "index",
+    got_as: str | None = None,
 ) -> float:
-    """`got` must equal `expected` to a relative error `tol`; known `mistakes` give their own hint."""
+    """`got` must equal `expected` to a relative error `tol`; known `mistakes` give their own hint.
+
+    A failure says where the values differ (how many, and the first `index` with both values there);
+    `got_as` describes what the student returned where `got` was built from it (e.g. "100 floats")."""
     got = expect_tensor(what, got)
     if tuple(got.shape) != tuple(expected.shape):
         known = diagnose(got, mistakes or {})
@@ -223,7 +281,10 @@ def expect_close(
     error = rel_error(got, expected)
     if error > tol:
         known = diagnose(got, mistakes or {})
-        fail(f"{what}: wrong values", expected, f"{_short(got)} (relative error {error:.1e}, allowed {tol:.0e})", known or hint)
+        differs, first = where_they_differ(got, expected, tol, index)
+        if error < 0.5:  # above, the relative error saturates at 1 and says nothing
+            differs += f" (relative error {error:.1e}, allowed {tol:.0e})"
+        fail(f"{what}: wrong values", expected, got_as or got, known or hint, differs=differs, at=first)
     return error
 
 

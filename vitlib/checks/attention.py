@@ -54,6 +54,7 @@ def _expect_dtype_kept(what: str, got, expected_shape: tuple[int, ...], shape_hi
 _SCORES_SHAPE_HINT = "q (..., N, d) times kᵀ (..., d, M) gives (..., N, M): transpose only the last two axes of k, k.transpose(-2, -1) (k.T reverses all axes of a batched tensor)"
 
 
+@checks.exercise("attention_scores")
 def check_attention_scores(attention_scores) -> None:
     """attention_scores(q, k) must be q kᵀ / √d_k, of shape (..., N, M)."""
     name = "attention_scores"
@@ -94,6 +95,7 @@ def _naive_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
+@checks.exercise("softmax")
 def check_softmax(softmax) -> None:
     """softmax(x, dim=-1) by hand must equal torch.softmax, also on large inputs (±1000)."""
     name = "softmax"
@@ -177,6 +179,7 @@ def _row_sums(weights: torch.Tensor) -> str:
     return "rows that sum to [" + ", ".join(f"{v:.3g}" for v in sums.tolist()) + (", ...]" if weights[..., 0].numel() > 4 else "]")
 
 
+@checks.exercise("attention")
 def check_attention(attention) -> None:
     """attention(q, k, v) must return (softmax(q kᵀ / √d_k) v, softmax(q kᵀ / √d_k))."""
     name = "attention"

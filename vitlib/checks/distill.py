@@ -12,6 +12,7 @@ __all__ = ["check_prepend_tokens", "check_hard_distillation_loss", "check_soft_d
            "check_averaged_prediction"]
 
 
+@checks.exercise("prepend_tokens")
 def check_prepend_tokens(student_prepend) -> None:
     """`prepend_tokens(x, class_token, dist_token, pos_embedding)`: (B, N, D) -> (B, N+2, D)."""
     cases = [(2, 4, 3), (3, 9, 8)]
@@ -62,6 +63,7 @@ def _expect_scalar(what: str, got) -> torch.Tensor:
     return got.reshape(())
 
 
+@checks.exercise("hard_distillation_loss")
 def check_hard_distillation_loss(student_loss) -> None:
     """`hard_distillation_loss(class_logits, distill_logits, labels, teacher_logits)`: ½ CE(Z_cls, y) + ½ CE(Z_dist, y_t)."""
     c, d, y, t = _loss_inputs()
@@ -91,6 +93,7 @@ def check_hard_distillation_loss(student_loss) -> None:
     checks.passed(what, "matches vitlib: ½ CE(class head, y) + ½ CE(distillation head, argmax of the teacher)")
 
 
+@checks.exercise("soft_distillation_loss")
 def check_soft_distillation_loss(student_loss) -> None:
     """`soft_distillation_loss(class_logits, distill_logits, labels, teacher_logits, tau, lam)`."""
     c, d, y, t = _loss_inputs()
@@ -149,6 +152,7 @@ def check_soft_distillation_loss(student_loss) -> None:
                   "no gradient to the teacher")
 
 
+@checks.exercise("averaged_prediction")
 def check_averaged_prediction(student_average) -> None:
     """`averaged_prediction(class_logits, distill_logits)`: the mean of the two heads' softmax outputs."""
     c, d = _logits(4), _logits(5, scale=4.0)  # (6, 5) each

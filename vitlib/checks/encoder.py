@@ -40,6 +40,7 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 # --- exercise 1: gelu ----------------------------------------------------------------------------
 
 
+@checks.exercise("gelu")
 def check_gelu(gelu) -> None:
     """gelu(x) must be the exact form x·Φ(x) = 0.5·x·(1 + erf(x/√2)), as nn.GELU()."""
     name = "gelu"
@@ -175,6 +176,7 @@ def _msa(ref: RefMSA, x: torch.Tensor, split: str = "b n (three h d) -> three b 
 _MSA_HINT = "qkv(x) (B, N, 3D) -> q, k, v each (B, h, N, D_h) with rearrange(qkv, 'b n (three h d) -> three b h n d', three=3, h=num_heads); attention per head; rearrange back with 'b h n d -> b n (h d)'; then proj"
 
 
+@checks.exercise("MultiHeadSelfAttention")
 def check_multi_head_self_attention(MultiHeadSelfAttention) -> None:
     """MultiHeadSelfAttention(hidden_dim, num_heads): Linear qkv (D -> 3D: q, k, v) and Linear proj (D -> D), eq. 8."""
     name = "MultiHeadSelfAttention"
@@ -214,6 +216,7 @@ def check_multi_head_self_attention(MultiHeadSelfAttention) -> None:
 # --- exercise 3: MLP -----------------------------------------------------------------------------
 
 
+@checks.exercise("MLP")
 def check_mlp(MLP) -> None:
     """MLP(hidden_dim, mlp_dim): fc1 (D -> mlp_dim), GELU, fc2 (mlp_dim -> D)."""
     name = "MLP"
@@ -286,6 +289,7 @@ _BLOCK_MISTAKES = {
 }
 
 
+@checks.exercise("EncoderBlock")
 def check_encoder_block(EncoderBlock) -> None:
     """EncoderBlock(hidden_dim, num_heads, mlp_dim) with norm1, attn, norm2, mlp: eqs. 2-3, pre-norm."""
     name = "EncoderBlock"

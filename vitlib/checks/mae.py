@@ -11,6 +11,7 @@ from vitlib.patching import patchify
 __all__ = ["check_random_masking", "check_patch_targets", "check_mae_loss"]
 
 
+@checks.exercise("random_masking")
 def check_random_masking(student_masking) -> None:
     """`random_masking(x, mask_ratio)`: (visible (B, K, D), mask (B, N) 1 = hidden, ids_restore (B, N))."""
     cases = [(4, 16, 8, 0.75), (3, 49, 5, 0.75), (2, 10, 3, 0.5)]
@@ -63,6 +64,7 @@ def check_random_masking(student_masking) -> None:
     checks.passed("random_masking", f"{len(cases)} batches: K visible tokens of each image, mask and ids_restore consistent")
 
 
+@checks.exercise("patch_targets")
 def check_patch_targets(student_targets) -> None:
     """`patch_targets(images, patch_size, normalize=True)`: (B, N, P²·C), each patch normalised by itself."""
     cases = [(checks.seeded(2, 1, 8, 8, seed=2) * 2 + 1, 4), (checks.seeded(1, 3, 6, 6, seed=3), 3)]
@@ -86,6 +88,7 @@ def check_patch_targets(student_targets) -> None:
     checks.passed("patch_targets", f"matches vitlib on {len(cases)} batches")
 
 
+@checks.exercise("mae_loss")
 def check_mae_loss(student_loss) -> None:
     """`mae_loss(pred, target, mask)`: the mean squared error over the masked patches only."""
     B, N, V = 3, 16, 12

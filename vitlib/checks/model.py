@@ -64,6 +64,7 @@ def _fail_from(cause: BaseException | None, what: str, expected: Any, got: Any, 
 # Exercise 1: the classification head of eq. 4
 
 
+@checks.exercise("classification_head")
 def check_classification_head(classification_head: Callable[..., torch.Tensor]) -> None:
     """`classification_head(z, norm, head)`: z_L (B, N+1, D) -> logits head(norm(z[:, 0])) (B, classes)."""
     for seed, (batch, tokens, dim, classes) in enumerate([(3, 6, 16, 4), (2, 10, 8, 7)]):
@@ -260,6 +261,7 @@ def _check_vit_once(ViT: Callable[..., nn.Module], config: ViTConfig, seed: int,
         )
 
 
+@checks.exercise("ViT")
 def check_vit(ViT: Callable[..., nn.Module]) -> None:
     """The student's `ViT(image_size, patch_size, in_channels, num_classes, hidden_dim, mlp_dim, num_layers, num_heads)`.
 
@@ -359,6 +361,7 @@ def _count_modules_built():
 COUNT_CONFIGS = ("vit_course_28", "vit_ti_16", "vit_b_16", "vit_l_16", "vit_h_14")
 
 
+@checks.exercise("count_parameters")
 def check_count_parameters(count_parameters: Callable[[ViTConfig], int]) -> None:
     """`count_parameters(config)` -> the number of parameters of the ViT `config` describes, by formula."""
     for name in COUNT_CONFIGS:
@@ -430,6 +433,7 @@ def _listing(keys: list[str], limit: int = 6) -> str:
     return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+@checks.exercise("convert_torchvision_state_dict")
 def check_convert_torchvision_state_dict(convert_torchvision_state_dict: Callable[[dict], Mapping[str, torch.Tensor]]) -> None:
     """`convert_torchvision_state_dict(state_dict)` -> a state dict that vitlib.ViT loads."""
     source = _torchvision_source()

@@ -83,6 +83,7 @@ def _patchify_mistakes(images: torch.Tensor, p: int) -> dict[str, torch.Tensor]:
     }
 
 
+@checks.exercise("patchify")
 def check_patchify(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """patchify(images, patch_size): (B, C, H, W) -> (B, N, P²·C), raster order, (p1 p2 c) per patch."""
     cases = [
@@ -114,6 +115,7 @@ def check_patchify(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
 # --- num_patches ---------------------------------------------------------------------------------
 
 
+@checks.exercise("num_patches")
 def check_num_patches(fn: Callable[[int, int], int]) -> None:
     """num_patches(image_size, patch_size) -> N = HW/P² as an int; ValueError when P does not divide."""
     cases = [(28, 4), (28, 7), (28, 14), (28, 28), (224, 16), (224, 14), (384, 16), (32, 4)]
@@ -168,6 +170,7 @@ def _reference_embedding(p: int, c: int, d: int, seed: int) -> PatchEmbedding:
     return ref
 
 
+@checks.exercise("PatchEmbedding")
 def check_patch_embedding(cls: type[nn.Module]) -> None:
     """PatchEmbedding(patch_size, in_channels, hidden_dim): a Linear `proj` (P²·C -> D) on patchify's output."""
     cases = [(4, 1, 16, (2, 1, 8, 8)), (4, 3, 8, (2, 3, 8, 12)), (7, 1, 12, (3, 1, 28, 28))]
@@ -233,6 +236,7 @@ def check_patch_embedding(cls: type[nn.Module]) -> None:
 # --- class token and position embeddings --------------------------------------------------------
 
 
+@checks.exercise("add_class_token_and_positions")
 def check_add_class_token_and_positions(fn: Callable[..., torch.Tensor]) -> None:
     """add_class_token_and_positions(x, class_token, pos_embedding) -> [x_class; x] + E_pos, (B, N+1, D)."""
     cases = [(1, 4, 6), (3, 6, 8), (2, 16, 4)]

@@ -44,6 +44,7 @@ def _outcome(student_validate, *args) -> BadImage | None:
     return None
 
 
+@checks.exercise("validate_upload")
 def check_validate_upload(student_validate) -> None:
     """`validate_upload(data, content_type, max_bytes)`: None, or raise BadImage(status, message)."""
     for what, data, content_type, max_bytes, status, hint in _UPLOADS:
@@ -101,6 +102,7 @@ def _pad_mistakes(image: torch.Tensor, fill: int) -> dict[str, torch.Tensor]:
     return mistakes
 
 
+@checks.exercise("pad_to_square")
 def check_pad_to_square(student_pad) -> None:
     """`pad_to_square(image, fill)`: (C, H, W) -> (C, S, S), S = max(H, W), the image centred."""
     for image, fill in _pad_inputs():
@@ -134,6 +136,7 @@ def _topk_inputs() -> list[tuple[torch.Tensor, list[str], int]]:
     ]
 
 
+@checks.exercise("top_k_predictions")
 def check_top_k_predictions(student_top_k) -> None:
     """`top_k_predictions(logits, classes, k)`: logits (K,) -> [{"label", "probability"}, ...], best first."""
     for logits, classes, k in _topk_inputs():

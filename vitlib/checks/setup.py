@@ -96,6 +96,7 @@ def _run_cases(
 # --- checks --------------------------------------------------------------------------------------
 
 
+@checks.exercise("channels_last")
 def check_channels_last(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """channels_last(images): (B, C, H, W) -> (B, H, W, C), pixels unchanged."""
     cases = [(checks.seeded(2, 3, 4, 5, seed=1),), (checks.seeded(1, 3, 6, 6, seed=2),), (checks.seeded(3, 1, 5, 7, seed=3),)]
@@ -117,6 +118,7 @@ def check_channels_last(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     checks.passed("channels_last", "matches the reference on 3 seeded batches")
 
 
+@checks.exercise("downsample")
 def check_downsample(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """downsample(images, factor): f×f average pooling, (B, C, H, W) -> (B, C, H/f, W/f)."""
     cases = [
@@ -148,6 +150,7 @@ def check_downsample(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     checks.passed("downsample", "matches average pooling on 3 seeded batches (f = 2, 3, 4)")
 
 
+@checks.exercise("to_rgb")
 def check_to_rgb(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """to_rgb(gray): (B, 1, H, W) -> (B, 3, H, W), the grey channel copied three times."""
     cases = [(checks.seeded(2, 1, 4, 5, seed=7),), (checks.seeded(1, 1, 28, 28, seed=8),)]
@@ -175,6 +178,7 @@ def check_to_rgb(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     checks.passed("to_rgb", "matches the reference on 2 seeded batches")
 
 
+@checks.exercise("image_grid")
 def check_image_grid(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """image_grid(images, rows): (B, C, H, W) -> (C, rows·H, cols·W), filled row by row."""
     cases = [

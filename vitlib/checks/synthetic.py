@@ -41,6 +41,7 @@ def _disc_mistakes(size: int, cx: float, cy: float, radius: float) -> dict[str, 
     }
 
 
+@checks.exercise("render_disc")
 def check_render_disc(student_render_disc) -> None:
     """`render_disc(size, cx, cy, radius)`: an anti-aliased disc, (size, size) float32 in [0, 1]."""
     cases = [(28, 13.5, 13.5, 6.0), (20, 5.0, 12.0, 3.3), (16, 10.25, 4.6, 4.0)]
@@ -80,6 +81,7 @@ def _frame_cases() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     ]
 
 
+@checks.exercise("to_shape_frame")
 def check_to_shape_frame(student_to_shape_frame) -> None:
     """`to_shape_frame(points, centre, scale, angle)`: (..., 2) pixels -> (..., 2) in the shape's frame."""
     cases = _frame_cases()
@@ -131,6 +133,7 @@ def _as_sample(what: str, got) -> tuple[torch.Tensor, int]:
     return image, label
 
 
+@checks.exercise("synthetic_sample")
 def check_synthetic_sample(student_sample) -> None:
     """`synthetic_sample(seed, index, num_classes)`: (uint8 image (1, 28, 28), label), a pure function of its inputs."""
     K = 6

@@ -30,6 +30,7 @@ def _schedule(fn, total: int, warmup: int, base: float, low: float) -> torch.Ten
     return torch.tensor([float(fn(s, total, warmup, base, low)) for s in range(total)], dtype=torch.float64)
 
 
+@checks.exercise("lr_schedule")
 def check_lr_schedule(student_lr_at) -> None:
     """`lr_at(step, total_steps, warmup_steps, base_lr, min_lr)`: linear warm-up, then cosine to min_lr."""
     for total, warmup, base, low in _SCHEDULES:
@@ -98,6 +99,7 @@ def _flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@checks.exercise("train_step")
 def check_train_step(student_train_step) -> None:
     """`train_step(model, images, labels, optimizer, max_norm, label_smoothing) -> (loss, grad_norm)`."""
     images = checks.seeded(8, 1, 28, 28, seed=1)
@@ -166,6 +168,7 @@ class _GradRecorder(torch.nn.Module):
         return self.model(x)
 
 
+@checks.exercise("evaluate_accuracy")
 def check_evaluate_accuracy(student_evaluate) -> None:
     """`evaluate_accuracy(model, loader) -> float`: eval mode, no gradients, averaged over images."""
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ def _msp_inputs() -> list[torch.Tensor]:
     ]
 
 
+@checks.exercise("max_softmax_probability")
 def check_max_softmax_probability(student_msp) -> None:
     """`max_softmax_probability(logits)`: logits (B, K) -> max_k softmax(logits)_k, (B,)."""
     for logits in _msp_inputs():
@@ -88,6 +89,7 @@ def _pairs(known: torch.Tensor, unknown: torch.Tensor) -> tuple[float, float, fl
     return (k > u).double().mean().item(), (k == u).double().mean().item(), (k < u).double().mean().item()
 
 
+@checks.exercise("auroc")
 def check_auroc(student_auroc) -> None:
     """`auroc(scores_known, scores_unknown) -> float`: P(known scores higher than unknown), ties ½."""
     cases = _auroc_cases()
@@ -124,6 +126,7 @@ def check_auroc(student_auroc) -> None:
 _KNOWN, _OTHER = (7, 2), (4, 9)  # known out of order: known[0] = 7 becomes 0
 
 
+@checks.exercise("open_set_labels")
 def check_open_set_labels(student_labels) -> None:
     """`open_set_labels(labels, known, other)`: known[i] -> i, other -> K, everything else -> -1."""
     labels = torch.randperm(60, generator=torch.Generator().manual_seed(3)) % 10  # (60,) every class, shuffled
@@ -191,6 +194,7 @@ def _probe_model(seed: int = 0) -> nn.Module:
     return model
 
 
+@checks.exercise("prepare_linear_probe")
 def check_prepare_linear_probe(student_prepare) -> None:
     """`prepare_linear_probe(model, num_classes)`: a new zero head of num_classes that learns, all else frozen."""
     model = _probe_model()

@@ -52,6 +52,7 @@ def _written_out(model, images, *, softmax=True, scale=True, norm=True, chain=Tr
     return maps
 
 
+@checks.exercise("attention_maps")
 def check_attention_maps(attention_maps) -> None:
     """`attention_maps(model, images)`: L tensors (B, heads, N+1, N+1), post-softmax, of the model's own layers."""
     name = "attention_maps"
@@ -105,6 +106,7 @@ def check_attention_maps(attention_maps) -> None:
     checks.passed(name, f"post-softmax maps of all {L} layers match vitlib's")
 
 
+@checks.exercise("attention_rollout")
 def check_attention_rollout(attention_rollout) -> None:
     """`attention_rollout(maps)`: mean over heads, + I, renormalise rows, multiply through the layers."""
     name = "attention_rollout"
@@ -142,6 +144,7 @@ def check_attention_rollout(attention_rollout) -> None:
     checks.passed(name, f"matches vitlib on {len(cases)} stacks of maps")
 
 
+@checks.exercise("position_similarity")
 def check_position_similarity(position_similarity) -> None:
     """`position_similarity(pos_embedding)`: cosine similarity (N, N) of the patches' position embeddings."""
     name = "position_similarity"
@@ -165,6 +168,7 @@ def check_position_similarity(position_similarity) -> None:
     checks.passed(name, "cosine similarities of 16 position embeddings match vitlib's")
 
 
+@checks.exercise("mean_attention_distance")
 def check_mean_attention_distance(mean_attention_distance) -> None:
     """`mean_attention_distance(maps, patch_size)`: per head, the attention-weighted distance in pixels."""
     name = "mean_attention_distance"
