@@ -15,12 +15,14 @@ Authoring rules (checked by `lint`):
   by nbval) and the expected output stored (run `refresh`).
 - Cell ids are stable (nbformat 4.5); exercise cells have ids `ex-NAME`, checks `check-NAME`,
   so grading finds a student's cells by id, not position.
+- The last code cell, id `report-card`, is `checks.report_card(...)` with the week's exercises:
+  it says which pass, and raises while one does not.
 
-Only the outputs nbval compares are kept in the committed notebooks, with their execution
-counts (nbval never compares a cell whose count is null); everything else is stripped.
+Only the outputs nbval compares are kept in the solutions, with their execution counts
+(nbval never compares a cell whose count is null); everything else is stripped.
 `strip_outputs` is that rule; `refresh` applies it to solutions, and the git clean filter
 `strip` applies it to the student notebooks a student commits (nbstripout cannot: it keeps
-either every cell's execution count or none).
+either every cell's execution count or none). The generated weeks/ carry no output at all.
 
 This module imports nothing heavier than nbformat: the git filter runs it for every notebook
 git looks at.
@@ -107,27 +109,40 @@ def stub_source(source: str) -> str:
 
 
 def student_notebook(solution: NotebookNode) -> NotebookNode:
-    """The student's version: solutions stubbed, only the compared outputs of check cells kept."""
+    """The student's version: solutions stubbed, and no output at all.
+
+    A solution's stored outputs are what the solution printed (a check's ✓ line, "your ... matches"):
+    under a stub they would claim passes that did not happen, so a fresh week shows only what the
+    student runs."""
     nb = nbformat.from_dict(solution)  # a deep copy
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         if BEGIN in cell.source:
             cell.source = stub_source(cell.source)
-            cell.outputs, cell.execution_count = [], None
-        elif not is_checked(cell):
-            cell.outputs, cell.execution_count = [], None
+        cell.outputs, cell.execution_count = [], None
     return nb
 
 
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# What JupyterLab writes into a notebook when its kernel starts (ipykernel's kernel_info, with the Python of
+# environment.yml and pyproject.toml): stored as it is, so that opening a week changes nothing git sees.
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": "3.11.7",
+}
 
 
 def clean_metadata(nb: NotebookNode) -> NotebookNode:
-    """Drop what a run leaves in the notebook's metadata: widget state, the exact Python version, and the
-    kernel an editor picked (every course notebook names the same one, `KERNELSPEC`)."""
+    """Drop what a run leaves in the notebook's metadata: widget state, the kernel an editor picked (every
+    course notebook names the same one, `KERNELSPEC`); `language_info` is what JupyterLab writes on opening."""
     nb.metadata.pop("widgets", None)
-    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["language_info"] = dict(LANGUAGE_INFO)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
@@ -231,6 +246,8 @@ def lint(nb: NotebookNode, name: str = "notebook") -> list[str]:
                 problems.append(f"{where}: compared cell has no execution count (run `python -m vitlib.notebooks refresh`)")
             if not cell.outputs:
                 problems.append(f"{where}: compared cell has no stored output (run `python -m vitlib.notebooks refresh`)")
+        if cell is code[-1] and (cid != "report-card" or "checks.report_card(" not in cell.source):
+            problems.append(f"{where}: the last code cell must be the report card (id 'report-card', checks.report_card(...))")
         for output in cell.get("outputs", []):
             if output.output_type == "error":
                 problems.append(f"{where}: a stored output is an error")

@@ -218,6 +218,6 @@ def report_card(*names: str) -> None:
     raise ExercisesNotPassed([f"{passing} of {len(names)} exercises pass; fix the others and run their checks again:", *lines])
 
 
-def whose(name: str) -> str:
-    """'your' if the check `name` passed, else "vitlib's": the label of what a demo cell ran."""
-    return "your" if name in _PASSED else "vitlib's"
+def whose(*names: str) -> str:
+    """'your' if the checks `names` all passed, else "vitlib's": the label of what a demo cell ran."""
+    return "your" if all(name in _PASSED for name in names) else "vitlib's"
