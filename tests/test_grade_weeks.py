@@ -39,3 +39,64 @@ def test_the_solution_passes_and_the_stub_fails(tmp_path, week):
     assert complete == {name: ("passed", "") for name in complete}
     assert empty == {name: "failed" for name in empty}
     assert all(r.message.startswith("not written yet") for r in results if r.student == "empty")
+
+
+# --- the grader and the student's notebook agree -------------------------------------------------
+
+_RIGHT_SCORES = "def attention_scores(q, k):\n    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+_UNSCALED_SCORES = "def attention_scores(q, k):\n    return q @ k.transpose(-2, -1)\n"
+_NAIVE_SOFTMAX = "def softmax(x, dim=-1):\n    e = x.exp()\n    return e / e.sum(dim, keepdim=True)\n"
+_RIGHT_SOFTMAX = "def softmax(x, dim=-1):\n    e = (x - x.amax(dim, keepdim=True)).exp()\n    return e / e.sum(dim, keepdim=True)\n"
+
+
+def _week02(answers: dict[str, str]):
+    """weeks/02_attention.ipynb with some exercise cells written (the others left as shipped, or from the solution)."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "weeks" / "02_attention.ipynb", as_version=4)
+    solution = {c.id: c.source for c in nbformat.read(ROOT / "solutions" / "02_attention.ipynb", as_version=4).cells}
+    for cell in nb.cells:
+        name = cell.id.removeprefix("ex-")
+        if cell.id.startswith("ex-") and name in answers:
+            cell.source = solution[cell.id] if answers[name] == "solution" else answers[name]
+    return nb
+
+
+def _report_card(nb) -> dict[str, bool]:
+    """What the notebook's last cell says of each exercise: passes or not."""
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    text = "".join(o.get("text", "") for o in last.outputs) + "\n".join(line for o in last.outputs for line in o.get("traceback", []))
+    said = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(("✓ ", "✗ ", "· ")) and not line.startswith("✓ all"):
+            said[line[2:].split(":")[0]] = line.startswith("✓")
+        elif line.startswith("✓ all"):
+            said.update(dict.fromkeys(line.split(": ", 1)[1].split(", "), True))
+    return said
+
+
+def test_the_grader_and_the_report_card_agree_on_every_exercise(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    students = {
+        "mixed": {"attention_scores": _RIGHT_SCORES, "softmax": _NAIVE_SOFTMAX},
+        "unscaled": {"attention_scores": _UNSCALED_SCORES, "softmax": _RIGHT_SOFTMAX, "attention": "solution"},
+        "complete": {"attention_scores": "solution", "softmax": "solution", "attention": "solution"},
+        "empty": {},
+    }
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    cards = {}
+    for student, answers in students.items():
+        nb = _week02(answers)
+        nbformat.write(nb, folder / f"{student}.ipynb")
+        ran = nbformat.from_dict(nb)
+        NotebookClient(ran, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        cards[student] = _report_card(ran)
+    results = grade.grade_class("02_attention", folder, tmp_path / "out", timeout=60, jobs=2, progress=False)
+    graded = {s: {r.exercise: r.status == "passed" for r in results if r.student == s} for s in students}
+    assert cards == graded
+    assert graded["mixed"] == {"attention_scores": True, "softmax": False, "attention": False}
+    assert graded["unscaled"] == {"attention_scores": False, "softmax": True, "attention": True}  # on vitlib's scores

@@ -40,16 +40,44 @@ def test_week_exists_with_three_checked_exercises(week):
     assert len(exercises) >= 3, f"{week} has {len(exercises)} exercises"
     stubs = [c for c in _cells(student) if "exercise" in _tags(c)]
     assert all("raise NotImplementedError" in c.source and "### BEGIN SOLUTION" not in c.source for c in stubs)
-    checked = [c for c in _cells(student) if "check" in _tags(c)]
+    checked = [c for c in _cells(solution) if "check" in _tags(c)]
     assert len(checked) == len(exercises) and all(is_checked(c) and c.outputs for c in checked)
     assert all(o.get("text", "").startswith("✓") for c in checked for o in c.outputs)
 
 
-def test_committed_notebooks_keep_only_compared_outputs():
-    for path in sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "weeks").glob("*.ipynb")):
+def test_committed_notebooks_keep_only_compared_outputs_and_the_weeks_none():
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
         for cell in _cells(path):
             if cell.cell_type == "code" and not is_checked(cell):
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: cell {cell.id} keeps output"
+    for path in sorted((ROOT / "weeks").glob("*.ipynb")):
+        kept = [c.id for c in _cells(path) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+        assert not kept, f"weeks/{path.name} shows outputs that the student did not run (a ✓ under a stub): {kept}"
+
+
+def _check_names(nb) -> list[str]:
+    """The exercise names of a notebook's check cells, as their checks record them (`@checks.exercise`)."""
+    import importlib
+    import re
+
+    names = []
+    for cell in nb.cells:
+        if "check" in _tags(cell):
+            for module, function in re.findall(r"checks\.(\w+)\.(check_\w+)\(", cell.source):
+                names.append(getattr(importlib.import_module(f"vitlib.checks.{module}"), function).exercise)
+    return names
+
+
+@pytest.mark.parametrize("week", WEEKS)
+def test_the_last_cell_is_the_report_card_of_every_exercise_in_order(week):
+    import ast
+
+    nb = nbformat.read(ROOT / "solutions" / f"{week}.ipynb", as_version=4)
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    call = next(n for n in ast.walk(ast.parse(last.source)) if isinstance(n, ast.Call))
+    assert ast.unparse(call.func) == "checks.report_card"
+    assert [a.value for a in call.args] == _check_names(nb)
+    assert last.outputs[0].text == f"✓ all {len(call.args)} exercises of this week pass: {', '.join(a.value for a in call.args)}\n"
 
 
 def _execute(path: Path) -> nbformat.NotebookNode:
@@ -73,19 +101,20 @@ def shipped_weeks(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("week", WEEKS)  # in order: week 05's (smoke) checkpoint is there for weeks 06 to 08
-def test_weeks_as_shipped_fail_only_in_exercise_cells_with_not_implemented_error(week, shipped_weeks, monkeypatch):
-    """A student who has written nothing yet can still run every other cell (the fallbacks work)."""
+def test_weeks_as_shipped_run_to_the_end_and_only_the_report_card_fails(week, shipped_weeks, monkeypatch):
+    """Run All on a fresh week (nbclient stops where JupyterLab's Run All stops): every check says in one line
+    that its exercise is not written yet, every other cell runs on the fallbacks, and the last cell fails."""
     monkeypatch.setenv("VITLIB_BUDGET", "smoke")  # the training week runs a few steps, not minutes
     nb = _execute(shipped_weeks / f"{week}.ipynb")
-    failures = [
-        (cell.id, output.ename, _tags(cell))
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type == "error"
-    ]
-    assert failures, "the stubs should raise NotImplementedError"
-    wrong = [(cid, ename) for cid, ename, tags in failures if ename != "NotImplementedError" or not {"exercise", "check"} & set(tags)]
-    assert not wrong, f"cells that fail otherwise than an exercise's NotImplementedError: {wrong}"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    failures = [(cell.id, output.ename) for cell in code for output in cell.outputs if output.output_type == "error"]
+    assert failures == [("report-card", "ExercisesNotPassed")], f"cells that raise (Run All would stop there): {failures}"
+    assert all(cell.execution_count for cell in code), "Run All did not reach every cell"
+    for cell in code:
+        if "check" in _tags(cell):
+            text = "".join(o.get("text", "") for o in cell.outputs)
+            assert text.count("\n") == 1 and "is not written yet" in text, f"{cell.id}: {text!r}"
+    report = "\n".join(code[-1].outputs[-1].traceback)
+    assert f"0 of {len(_check_names(nb))} exercises pass" in report and "not written yet" in report
     stderr = [cell.id for cell in nb.cells for o in cell.get("outputs", []) if o.get("name") == "stderr" and "Warning" in o.get("text", "")]
     assert not stderr, f"warnings on stderr in cells {stderr}"

@@ -30,12 +30,22 @@ def _schedule(fn, total: int, warmup: int, base: float, low: float) -> torch.Ten
     return torch.tensor([float(fn(s, total, warmup, base, low)) for s in range(total)], dtype=torch.float64)
 
 
+def _as_float(what: str, value) -> float:
+    """The student's learning rate as a float (a number or a one-element tensor), else a failure that says what came."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        checks.fail(what, "a Python float (the learning rate)", checks._short(value), "return the number itself, e.g. base_lr * (step + 1) / warmup_steps")
+    return float(value)
+
+
 @checks.exercise("lr_schedule")
 def check_lr_schedule(student_lr_at) -> None:
     """`lr_at(step, total_steps, warmup_steps, base_lr, min_lr)`: linear warm-up, then cosine to min_lr."""
     for total, warmup, base, low in _SCHEDULES:
+        call = f"lr_at(step, {total}, {warmup}, {base:g}, {low:g})"
         got = torch.tensor(
-            [float(checks.call_student("lr_at", student_lr_at, s, total, warmup, base, low)) for s in range(total)],
+            [_as_float(call.replace("step", str(s), 1), checks.call_student("lr_at", student_lr_at, s, total, warmup, base, low)) for s in range(total)],
             dtype=torch.float64,
         )
         expected = _schedule(lr_at, total, warmup, base, low)
@@ -58,13 +68,25 @@ def check_lr_schedule(student_lr_at) -> None:
             "the cosine should end at min_lr, not at 0: min_lr + ½ (base_lr − min_lr)(1 + cos(π·progress))": _schedule(decays_to_zero, total, warmup, base, low),
             "that is a linear decay; after warm-up use a cosine: min_lr + ½ (base_lr − min_lr)(1 + cos(π·progress))": _schedule(linear_decay, total, warmup, base, low),
         }
+        _, first = checks.where_they_differ(got, expected, 1e-9, "step")
+        step = first[0]
+        if step < warmup:
+            hint = f"step {step} is in the warm-up (step < warmup_steps = {warmup}): there η = base_lr · (step + 1) / warmup_steps"
+        else:
+            hint = (
+                f"step {step} is after the warm-up: η = min_lr + ½ (base_lr − min_lr)(1 + cos(π·progress)), "
+                "progress = (step − warmup_steps) / (total_steps − warmup_steps)"
+            )
+        shown = ", ".join(f"{v:.4g}" for v in got[step : step + 4].tolist())
         checks.expect_close(
             f"lr_at over {total} steps with {warmup} warm-up steps",
             got,
             expected,
             tol=1e-9,
             mistakes=mistakes,
-            hint="progress = (step − warmup_steps) / (total_steps − warmup_steps) after the warm-up",
+            hint=hint,
+            index="step",
+            got_as=f"{total} floats from {call}, from step {step}: [{'..., ' if step else ''}{shown}{', ...' if step + 4 < total else ''}]",
         )
     checks.passed("lr_schedule", f"matches vitlib on {len(_SCHEDULES)} schedules")
 
@@ -104,7 +126,7 @@ def check_train_step(student_train_step) -> None:
     """`train_step(model, images, labels, optimizer, max_norm, label_smoothing) -> (loss, grad_norm)`."""
     images = checks.seeded(8, 1, 28, 28, seed=1)
     labels = torch.arange(8) % 10
-    max_norm, smoothing = 0.05, 0.1  # a small max_norm so that clipping really happens
+    max_norm, smoothing = 0.05, 0.1  # a small max_norm so that clipping really happens (the norms are about 1.1)
 
     def run(step_fn, **switches):
         model = _tiny_model(0)
@@ -113,9 +135,28 @@ def check_train_step(student_train_step) -> None:
         results = [step_fn(model, images, labels, optimizer, max_norm, smoothing, **switches) for _ in range(2)]
         return model, results
 
+    def clip_at_one(model, images, labels, optimizer, max_norm, label_smoothing):
+        return reference_train_step(model, images, labels, optimizer, 1.0, label_smoothing)
+
+    modes: list[bool] = []  # model.training at each forward of the student's steps
+
+    def student(model, *rest):
+        model.eval()  # as an evaluation leaves it: train_step must switch to train mode itself
+        seen = len(modes)
+        handle = model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+        try:
+            return checks.call_student("train_step", student_train_step, model, *rest)
+        finally:
+            handle.remove()
+            if len(modes) == seen:  # no call of model(...) seen: judge by the mode the step left it in
+                modes.append(model.training)
+
     ref_model, ref_results = run(reference_train_step)
-    model, results = run(lambda *a: checks.call_student("train_step", student_train_step, *a))
-    for loss, norm in results:
+    model, results = run(student)
+    for result in results:
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
+            checks.fail("train_step's return value", "a tuple (loss, grad_norm) of Python floats", checks._short(result), "end with `return loss.item(), grad_norm.item()`")
+        loss, norm = result
         if not isinstance(loss, (float, int)) or not isinstance(norm, (float, int)):
             checks.fail(
                 "train_step's return value",
@@ -135,6 +176,7 @@ def check_train_step(student_train_step) -> None:
     mistakes = {
         "gradients accumulate over steps: call optimizer.zero_grad() before loss.backward()": _flat(run(reference_train_step, zero_grad=False)[0]),
         "the gradients were not clipped before the update: call torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between loss.backward() and optimizer.step()": _flat(run(reference_train_step, clip_after=True)[0]),
+        f"that is clipping at 1.0: clip at max_norm (here {max_norm}), the argument, not at 1.0": _flat(run(clip_at_one)[0]),
     }
     checks.expect_close(
         "the weights after two train_step calls",
@@ -142,16 +184,25 @@ def check_train_step(student_train_step) -> None:
         _flat(ref_model),
         tol=1e-4,
         mistakes=mistakes,
-        hint="the order is: forward, loss, zero_grad, backward, clip_grad_norm_(model.parameters(), max_norm), optimizer.step",
+        hint="the first loss matches, the update does not: go through the steps of the text one by one "
+        "(zero_grad, backward, clip_grad_norm_(model.parameters(), max_norm), optimizer.step)",
     )
     for (_, norm), (_, ref_norm) in zip(results, ref_results):
         if abs(norm - ref_norm) > 1e-4 * max(1.0, ref_norm):
+            after = abs(norm - max_norm) < 1e-4 * max_norm
             checks.fail(
                 "train_step's gradient norm",
                 f"{ref_norm:.6f} (the total norm before clipping)",
-                f"{norm:.6f}",
+                f"{norm:.6f}" + (" = max_norm, the norm after clipping" if after else ""),
                 "return what torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) returns: the norm before clipping",
             )
+    if not all(modes):
+        checks.fail(
+            "train_step: the forward pass ran in eval mode",
+            "model(images) in train mode (dropout on), whatever mode the model came in",
+            "model.training == False: the check handed in a model in eval mode, as evaluate_accuracy leaves it",
+            "call model.train() first in train_step (step 1 of the text): after an evaluation, dropout would stay off",
+        )
     checks.passed("train_step", "two steps update the weights as vitlib's training loop does")
 
 
