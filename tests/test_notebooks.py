@@ -118,3 +118,22 @@ def test_weeks_as_shipped_run_to_the_end_and_only_the_report_card_fails(week, sh
     assert f"0 of {len(_check_names(nb))} exercises pass" in report and "not written yet" in report
     stderr = [cell.id for cell in nb.cells for o in cell.get("outputs", []) if o.get("name") == "stderr" and "Warning" in o.get("text", "")]
     assert not stderr, f"warnings on stderr in cells {stderr}"
+
+
+def test_nbval_over_a_students_notebook_still_fails_where_an_exercise_fails(tmp_path):
+    """Checks report instead of raising in a kernel, so the report card is what fails under nbval: once, naming the exercises."""
+    import subprocess
+    import sys
+
+    nb = nbformat.read(ROOT / "weeks" / "02_attention.ipynb", as_version=4)
+    solution = {c.id: c.source for c in nbformat.read(ROOT / "solutions" / "02_attention.ipynb", as_version=4).cells}
+    for cell in nb.cells:
+        if cell.id in ("ex-attention_scores", "ex-attention"):
+            cell.source = solution[cell.id]
+    nbformat.write(nb, tmp_path / "student.ipynb")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "student.ipynb"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "1 failed" in result.stdout and "checks.report_card(" in result.stdout, result.stdout[-2000:]  # the last cell only
+    assert "2 of 3 exercises pass so far" in result.stdout and "✗ softmax: not written yet" in result.stdout
