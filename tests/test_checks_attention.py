@@ -38,7 +38,8 @@ def test_scores_pass(capsys):
     "wrong, hint",
     [
         (lambda q, k: q @ k.transpose(-2, -1), r"scale the scores: divide q kᵀ by √d_k"),
-        (lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1], r"divide by √d_k, not by d_k"),
+        (lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1], r"your scores are q kᵀ / d_k: divide by √d_k once, not by d_k and not twice by √d_k"),
+        (lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) / math.sqrt(k.shape[-1]), r"not twice by √d_k"),
         (lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1]), r"the order is q kᵀ, not k qᵀ"),
         (lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[-2]), r"size of the last axis"),
         (lambda q, k: (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).float(), r"keep the input's dtype"),
@@ -54,8 +55,22 @@ def test_scores_stub():
 
 
 def test_scores_crash_is_a_check_failure():
-    with pytest.raises(CheckFailed, match="raised RuntimeError"):
+    with pytest.raises(CheckFailed, match="raised RuntimeError") as info:
         check_attention_scores(lambda q, k: q @ k)  # no transpose: shapes do not match
+    assert "k.T" not in str(info.value)  # no hint about a .T the student did not write
+
+
+def _scores_with_dot_t(q, k):
+    return q @ k.T / math.sqrt(q.shape[-1])  # fine for (N, d) inputs, wrong for batched heads
+
+
+@pytest.mark.filterwarnings("ignore:The use of `x.T` on tensors:UserWarning")
+def test_scores_with_k_dot_t_crash_on_batched_inputs_names_it():
+    with pytest.raises(CheckFailed, match=r"raised RuntimeError") as info:
+        check_attention_scores(_scores_with_dot_t)
+    message = str(info.value)
+    assert message.splitlines()[-1].startswith("  hint:     k.T reverses all axes of a batched tensor")
+    assert message.endswith("transpose only the last two, k.transpose(-2, -1)")
 
 
 # --- softmax -------------------------------------------------------------------------------------
@@ -145,6 +160,16 @@ def _attention_wrong_axis(q, k, v):
     return weights @ v, weights
 
 
+def _attention_unnormalised(q, k, v):
+    weights = reference_attention_scores(q, k).exp()
+    return weights @ v, weights
+
+
+def _attention_by_d_k(q, k, v):
+    weights = (q @ k.transpose(-2, -1) / q.shape[-1]).softmax(dim=-1)
+    return weights @ v, weights
+
+
 def _attention_unscaled(q, k, v):
     weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)
     return weights @ v, weights
@@ -167,7 +192,9 @@ def _attention_output_only(q, k, v):
 @pytest.mark.parametrize(
     "wrong, hint",
     [
-        (_attention_wrong_axis, r"rows of your attention matrix don't sum to 1: softmax over the wrong axis\?"),
+        (_attention_wrong_axis, r"rows of your attention matrix don't sum to 1, its columns do: the softmax is over the queries; use dim=-1"),
+        (_attention_unnormalised, r"rows of your attention matrix don't sum to 1: normalise each query's scores over the keys"),
+        (_attention_by_d_k, r"softmax\(q kᵀ / d_k\): divide the scores by √d_k once, not by d_k and not twice by √d_k"),
         (_attention_unscaled, r"missing √d_k"),
         (_attention_transposed, r"weights @ v, not weightsᵀ @ v"),
         (_attention_swapped, r"return \(output, weights\) in that order"),

@@ -35,7 +35,8 @@ def test_classification_head_passes(capsys):
         (lambda z, norm, head: head(norm(z.mean(dim=1))), r"mean pooling"),
         (lambda z, norm, head: head(norm(z[:, -1])), r"last token"),
         (lambda z, norm, head: head(z[:, 0]), r"final LayerNorm is missing"),
-        (lambda z, norm, head: head(norm(z)), r"wrong shape[\s\S]*z\[:, 0\]"),
+        (lambda z, norm, head: head(norm(z)), r"wrong shape[\s\S]*logits for every token[\s\S]*z\[:, 0\]"),
+        (lambda z, norm, head: head(norm(z[:, :1])), r"wrong shape[\s\S]*token axis is still there"),
     ],
 )
 def test_classification_head_mistakes(wrong, hint):
@@ -62,7 +63,12 @@ class StudentViT(nn.Module):
             self.class_token = torch.zeros(1, 1, hidden_dim)
         else:
             self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
-        self.pos_embedding = nn.Parameter(torch.zeros(1, n + 1, hidden_dim))
+        if mistake == "randn_positions":
+            self.pos_embedding = nn.Parameter(torch.randn(1, n + 1, hidden_dim))
+        elif mistake == "zero_positions":
+            self.pos_embedding = nn.Parameter(torch.zeros(1, n + 1, hidden_dim))
+        else:
+            self.pos_embedding = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, n + 1, hidden_dim), std=0.02))
         blocks = [vitlib.EncoderBlock(hidden_dim, num_heads, mlp_dim) for _ in range(num_layers)]
         if mistake == "python_list":
             self.encoder = nn.Module()
@@ -71,6 +77,9 @@ class StudentViT(nn.Module):
             self.encoder = nn.ModuleDict({"layers": nn.ModuleList(blocks)})
         self.norm = nn.LayerNorm(hidden_dim, eps=1e-5 if mistake == "eps" else 1e-6)
         self.head = nn.Linear(hidden_dim, num_classes)
+        if mistake != "random_head":  # Section 3.2: a zero-initialised head
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, images):
         x = self.patch_embed(images)
@@ -110,10 +119,36 @@ def test_vit_passes_with_a_correct_vit_and_with_vitlibs(capsys):
         ("python_list", r"Python list hides the blocks"),
         ("no_class_token", r"size mismatch[\s\S]*class token prepended"),
         ("not_expanded", r"expand it to the batch"),
+        ("random_head", r"head is not initialised to zeros[\s\S]*nn\.init\.zeros_\(self\.head\.weight\)"),
+        ("randn_positions", r"std 1, as torch\.randn draws, is 50 times too large[\s\S]*trunc_normal_\(self\.pos_embedding, std=0\.02\)"),
+        ("zero_positions", r"E_pos is not random[\s\S]*trunc_normal_"),
     ],
 )
 def test_vit_mistakes(mistake, hint):
     _fails_with(cm.check_vit, _vit(mistake), hint)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vit_accepts_trunc_normal_positions_whatever_the_seed(seed, capsys):
+    class Seeded(StudentViT):  # the global seed is the check's own; draw E_pos from other seeds too
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                self.pos_embedding.copy_(nn.init.trunc_normal_(torch.empty_like(self.pos_embedding), std=0.02, generator=generator))
+
+    cm.check_vit(Seeded)
+    assert capsys.readouterr().out.startswith("✓ ViT:")
+
+
+def test_vit_accepts_positions_truncated_at_two_std(capsys):
+    class TwoStd(StudentViT):  # timm-style bounds in units of std: a=-0.04, b=0.04
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            nn.init.trunc_normal_(self.pos_embedding, std=0.02, a=-0.04, b=0.04)
+
+    cm.check_vit(TwoStd)
+    assert capsys.readouterr().out.startswith("✓ ViT:")
 
 
 def test_vit_stub():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -52,6 +53,24 @@ def _pattern(right):
 )
 def test_patchify_mistakes(wrong, hint):
     _fails_with(week.check_patchify, wrong, hint)
+
+
+def _scrambled(images, p):
+    """The right pixels, each patch's numbers in a shuffled order: no known mistake."""
+    patches = vitlib.patching.patchify(images, p)
+    order = torch.randperm(patches.shape[-1], generator=torch.Generator().manual_seed(0))
+    return patches[..., order]
+
+
+def test_patchify_scrambled_pixels_say_where_they_differ():
+    message = _fails_with(week.check_patchify, _scrambled, r"every pixel is there, some in the wrong place: patch n = ")
+    assert re.search(r"\n  differs:  \d+ of 128 values differ; the first at index \[0, 0, \d+\]: \S+ where \S+ was expected", message), message
+    assert len(message.splitlines()) <= 8
+
+
+def test_patchify_changed_values_are_not_called_moved():
+    message = _fails_with(week.check_patchify, lambda x, p: 2 * vitlib.patching.patchify(x, p), r"some values are not the image's pixels")
+    assert "differs:" in message and "every pixel is there" not in message
 
 
 def test_patchify_stub():
@@ -193,6 +212,24 @@ def _expanded(x, class_token):
 )
 def test_add_class_token_and_positions_mistakes(wrong, hint):
     _fails_with(week.check_add_class_token_and_positions, wrong, hint)
+
+
+def _typo(x, class_token, pos_embedding):
+    return torch.cat([class_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embeding  # noqa: F821
+
+
+def test_add_class_token_and_positions_crash_of_another_kind_claims_no_cause():
+    with pytest.raises(checks.CheckFailed, match=r"raised NameError") as info:
+        week.check_add_class_token_and_positions(_typo)
+    message = str(info.value)
+    assert "prepend" not in message and "expand" not in message, message
+    assert isinstance(info.value.__cause__, NameError)
+
+
+def test_add_class_token_and_positions_keeps_the_students_error_attached():
+    with pytest.raises(checks.CheckFailed, match=r"N tokens met the N\+1 rows of E_pos") as info:
+        week.check_add_class_token_and_positions(lambda x, t, e: torch.cat([t, x + e], dim=1))
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_add_class_token_and_positions_in_place():

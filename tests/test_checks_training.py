@@ -35,6 +35,31 @@ def test_lr_schedule_mistakes(wrong, hint):
     _fails(check_lr_schedule, wrong, re.escape(hint))
 
 
+def test_lr_schedule_describes_the_floats_and_names_the_step():
+    def off_from_37(s, t, w, b, m):
+        return lr_at(s, t, w, b, m) * (1.01 if s >= 37 else 1.0)
+
+    message = _fails(check_lr_schedule, off_from_37, r"step 37 is after the warm-up")
+    assert "got:      100 floats from lr_at(step, 100, 10, 0.001, 1e-05), from step 37: [..., " in message
+    assert "differs:  63 of 100 values differ; the first at step 37: 0.0008039 where 0.000796 was expected" in message
+    assert "tensor of shape (100,), dtype torch.float64 from [37]" not in message.split("got:")[1]
+    assert len(message.splitlines()) <= 8
+
+
+def test_lr_schedule_names_a_wrong_warm_up_step():
+    def warmup_too_fast(s, t, w, b, m):
+        return b * (s + 2) / w if s < w else lr_at(s, t, w, b, m)
+
+    _fails(check_lr_schedule, warmup_too_fast, re.escape("step 0 is in the warm-up (step < warmup_steps = 10)"))
+
+
+def test_lr_schedule_that_returns_no_number():
+    def returns_nothing(s, t, w, b, m):
+        lr_at(s, t, w, b, m)
+
+    _fails(check_lr_schedule, returns_nothing, r"lr_at\(0, 100, 10, 0\.001, 1e-05\)[\s\S]*NoneType None[\s\S]*return the number itself")
+
+
 def test_lr_schedule_stub():
     with pytest.raises(NotImplementedError, match="lr_at is not written yet"):
         check_lr_schedule(_stub)
@@ -97,9 +122,73 @@ def _returns_tensors(model, images, labels, optimizer, max_norm, label_smoothing
     return loss, norm
 
 
+def _no_train_mode(model, images, labels, optimizer, max_norm, label_smoothing):
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def _clip_at_one(model, images, labels, optimizer, max_norm, label_smoothing):
+    model.train()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def _norm_after_clipping(model, images, labels, optimizer, max_norm, label_smoothing):
+    model.train()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def _loss_only(model, images, labels, optimizer, max_norm, label_smoothing):
+    return _right_step(model, images, labels, optimizer, max_norm, label_smoothing)[0]
+
+
+def _lr_too_large(model, images, labels, optimizer, max_norm, label_smoothing):
+    for group in optimizer.param_groups:
+        group["lr"] = 0.6
+    return _right_step(model, images, labels, optimizer, max_norm, label_smoothing)
+
+
+def _train_mode_by_forward_call(model, images, labels, optimizer, max_norm, label_smoothing):
+    model.train()
+    loss = F.cross_entropy(model.forward(images), labels, label_smoothing=label_smoothing)  # not model(...): no hook
+    optimizer.zero_grad()
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item(), norm.item()
+
+
+def test_train_step_passes_in_another_style(capsys):
+    check_train_step(_train_mode_by_forward_call)
+    assert capsys.readouterr().out == "✓ train_step: two steps update the weights as vitlib's training loop does\n"
+
+
+def test_train_step_catch_all_names_no_cause():
+    message = _fails(check_train_step, _lr_too_large, r"the first loss matches, the update does not")
+    assert "the order is" not in message
+
+
 @pytest.mark.parametrize(
     "wrong, hint",
     [
+        (_no_train_mode, "call model.train() first in train_step"),
+        (_clip_at_one, "clip at max_norm (here 0.05), the argument, not at 1.0"),
+        (_norm_after_clipping, "= max_norm, the norm after clipping"),
+        (_loss_only, "a tuple (loss, grad_norm)"),
         (_no_zero_grad, "call optimizer.zero_grad() before loss.backward()"),
         (_clip_after_step, "were not clipped before the update"),
         (_no_smoothing, "label smoothing is missing"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -22,11 +23,11 @@ from vitlib.checks.viz import (
 # --- attention maps ---------------------------------------------------------------------------
 
 
-def _maps(model, images, *, eval_mode=True, softmax=True, scale=True, norm=True, chain=True, transpose=False, mean=False):
+def _maps(model, images, *, eval_mode=True, no_grad=True, softmax=True, scale=True, norm=True, chain=True, transpose=False, mean=False):
     """A student's attention_maps, written out, with switches for the mistakes."""
     if eval_mode:
         model.eval()
-    with torch.no_grad():
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
         z0 = model.embed(images)
         z, maps = z0, []
         for block in model.encoder.layers:
@@ -62,6 +63,34 @@ def test_attention_maps_passes_on_the_written_out_solution_and_on_vitlib(capsys)
 )
 def test_attention_maps_mistakes(mistake, hint):
     _fails(check_attention_maps, lambda model, images: _maps(model, images, **mistake), hint.replace("(", r"\(").replace(")", r"\)").replace(".", r"\."))
+
+
+def test_attention_maps_without_no_grad():
+    _fails(check_attention_maps, lambda m, x: _maps(m, x, no_grad=False), r"autograd on[\s\S]*require grad[\s\S]*with torch\.no_grad\(\):")
+    detached = lambda m, x: [a.detach() for a in _maps(m, x, no_grad=False)]  # noqa: E731
+    _fails(check_attention_maps, detached, r"forward passes with autograd on \(then \.detach\(\)\)[\s\S]*torch\.no_grad\(\)")
+
+
+def test_attention_maps_under_inference_mode_or_a_decorator_pass(capsys):
+    @torch.inference_mode()
+    def inference(model, images):
+        return _maps(model, images, no_grad=False)
+
+    @torch.no_grad()
+    def decorated(model, images):
+        return _maps(model, images, no_grad=False)
+
+    check_attention_maps(inference)
+    check_attention_maps(decorated)
+    assert capsys.readouterr().out == "✓ attention_maps: post-softmax maps of all 3 layers match vitlib's\n" * 2
+
+
+def test_attention_maps_random_in_eval_mode():
+    def noisy(model, images):
+        return [a + 1e-3 * torch.rand_like(a) for a in _maps(model, images)]
+
+    message = _fails(check_attention_maps, noisy, r"something random is in your computation")
+    assert "model.eval()" not in message
 
 
 def test_attention_maps_only_the_last_layer_or_one_tensor():

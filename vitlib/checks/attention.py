@@ -51,6 +51,7 @@ def _expect_dtype_kept(what: str, got, expected_shape: tuple[int, ...], shape_hi
 
 # --- exercise 1: attention_scores ----------------------------------------------------------------
 
+_K_DOT_T_HINT = "k.T reverses all axes of a batched tensor ((B, h, M, d) becomes (d, M, h, B)): transpose only the last two, k.transpose(-2, -1)"
 _SCORES_SHAPE_HINT = "q (..., N, d) times kᵀ (..., d, M) gives (..., N, M): transpose only the last two axes of k, k.transpose(-2, -1) (k.T reverses all axes of a batched tensor)"
 
 
@@ -67,7 +68,7 @@ def check_attention_scores(attention_scores) -> None:
         q, k = checks.seeded(*q_shape, seed=10 + i, dtype=F64), checks.seeded(*k_shape, seed=20 + i, dtype=F64)
         d_k = q.shape[-1]
         raw = q @ k.transpose(-2, -1)
-        got = checks.call_student(name, attention_scores, q.clone(), k.clone())
+        got = checks.call_student(name, attention_scores, q.clone(), k.clone(), crash_hints={r"\.T\b": _K_DOT_T_HINT})
         checks.expect_close(
             f"{name}(q of shape {q_shape}, k of shape {k_shape})",
             got,
@@ -75,14 +76,15 @@ def check_attention_scores(attention_scores) -> None:
             tol=1e-6,
             mistakes={
                 "scale the scores: divide q kᵀ by √d_k (eq. 6), d_k = q.shape[-1]": raw,
-                "divide by √d_k, not by d_k: math.sqrt(d_k) (the variance of q·k is d_k, its standard deviation √d_k)": raw / d_k,
+                "your scores are q kᵀ / d_k: divide by √d_k once, not by d_k and not twice by √d_k": raw / d_k,
                 "the order is q kᵀ, not k qᵀ: row i holds query i's score against every key, shape (..., N, M)": (k @ q.transpose(-2, -1)) / math.sqrt(d_k),
                 "d_k is the size of the last axis of q (and k): q.shape[-1]": raw / math.sqrt(q.shape[-2]),
             },
             hint="compare with eq. 6: scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)",
             shape_hint=_SCORES_SHAPE_HINT,
         )
-    got = checks.call_student(name, attention_scores, checks.seeded(2, 5, 8, seed=30), checks.seeded(2, 7, 8, seed=31))
+    got = checks.call_student(name, attention_scores, checks.seeded(2, 5, 8, seed=30), checks.seeded(2, 7, 8, seed=31),
+                              crash_hints={r"\.T\b": _K_DOT_T_HINT})
     _expect_dtype_kept(f"{name} on float32 inputs", got, (2, 5, 7), _SCORES_SHAPE_HINT)
     checks.passed(name, f"matches q kᵀ / √d_k on {len(cases)} seeded inputs (N ≠ M, batched heads)")
 
@@ -213,11 +215,14 @@ def check_attention(attention) -> None:
         )
         sums = weights.detach().sum(-1)
         if not torch.allclose(sums, torch.ones_like(sums), atol=1e-6):
+            columns = weights.detach().sum(-2)
             checks.fail(
                 f"{name}({where}): weights",
                 "rows that sum to 1 (each query's weights over the keys are a probability distribution)",
                 _row_sums(weights),
-                "rows of your attention matrix don't sum to 1: softmax over the wrong axis? Use dim=-1 (over the keys)",
+                "rows of your attention matrix don't sum to 1, its columns do: the softmax is over the queries; use dim=-1 (over the keys)"
+                if torch.allclose(columns, torch.ones_like(columns), atol=1e-6)
+                else "rows of your attention matrix don't sum to 1: normalise each query's scores over the keys, softmax(scores, dim=-1)",
             )
         checks.expect_close(
             f"{name}({where}): weights",
@@ -226,7 +231,7 @@ def check_attention(attention) -> None:
             tol=1e-6,
             mistakes={
                 "missing √d_k: the weights are softmax(q kᵀ / √d_k) (eq. 6)": raw.softmax(-1),
-                "divide the scores by √d_k, not by d_k": (raw / d_k).softmax(-1),
+                "these are softmax(q kᵀ / d_k): divide the scores by √d_k once, not by d_k and not twice by √d_k": (raw / d_k).softmax(-1),
             },
             hint="weights = softmax(q kᵀ / √d_k) over the keys (eq. 6)",
         )

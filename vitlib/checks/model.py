@@ -84,6 +84,13 @@ def check_classification_head(classification_head: Callable[..., torch.Tensor]) 
                 "(it was prepended in eq. 1)": head(norm(z[:, -1])),
                 "the final LayerNorm is missing: eq. 4 is y = LN(z_L^0), then the head": head(z[:, 0]),
             }
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else None
+        if shape == (batch, tokens, classes):
+            shape_hint = "those are logits for every token: eq. 4 reads one token per image, the class token z[:, 0]"
+        elif shape == (batch, 1, classes):
+            shape_hint = "the token axis is still there: z[:, 0] drops it (z[:, :1] keeps it)"
+        else:
+            shape_hint = f"the logits are (B, classes) = ({batch}, {classes}): one row per image, from the class token z[:, 0]"
         checks.expect_close(
             "classification_head logits",
             got,
@@ -91,8 +98,7 @@ def check_classification_head(classification_head: Callable[..., torch.Tensor]) 
             tol=1e-5,
             mistakes=mistakes,
             hint="eq. 4: take the class token z[:, 0] (B, D), apply `norm`, then `head`",
-            shape_hint=f"expected (B, classes) = ({batch}, {classes}): take one token per image, z[:, 0], "
-            "not every token (z[:, 0] drops the token axis; z[:, :1] would keep it)",
+            shape_hint=shape_hint,
         )
     checks.passed("classification_head", "matches head(LN(z_L^0)) on 2 seeded inputs")
 
@@ -164,6 +170,47 @@ def _check_parameter(model: nn.Module, name: str, shape: tuple[int, ...]) -> Non
         )
 
 
+def _initial_values(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's and E_pos's values as the student's __init__ left them (the check overwrites them later)."""
+    values = {"pos_embedding": model.pos_embedding.detach().clone()}
+    head = getattr(model, "head", None)
+    for part in ("weight", "bias"):
+        tensor = getattr(head, part, None)
+        if isinstance(tensor, torch.Tensor):
+            values[f"head.{part}"] = tensor.detach().clone()
+    return values
+
+
+def _check_initialisation(values: dict[str, torch.Tensor]) -> None:
+    """The exercise's init: a zero head (Section 3.2) and E_pos ~ trunc_normal_(std=0.02) (torchvision, timm)."""
+    nonzero = [name for name in ("head.weight", "head.bias") if name in values and values[name].abs().max() > 0]
+    if nonzero:
+        largest = max(values[name].abs().max().item() for name in nonzero)
+        checks.fail(
+            "ViT.head is not initialised to zeros",
+            "head.weight and head.bias all 0, as Section 3.2's zero-initialised D × K layer",
+            f"{' and '.join(nonzero)} with values up to |{largest:.3g}|",
+            "after self.head = nn.Linear(hidden_dim, num_classes): nn.init.zeros_(self.head.weight) and "
+            "nn.init.zeros_(self.head.bias); an untrained ViT then gives every class 1/K (loss ln K)",
+        )
+    pos = values["pos_embedding"].double()
+    std, mean = pos.std().item(), pos.mean().item()
+    if not (0.01 <= std <= 0.03 and abs(mean) <= 0.01):  # trunc_normal_(std=0.02) gives 0.018 to 0.022 here
+        if std == 0:
+            seen = f"every value {mean:.3g}: E_pos is not random"
+        elif 0.7 <= std <= 1.3:
+            seen = f"std {std:.3g}, values up to |{pos.abs().max().item():.3g}|: std 1, as torch.randn draws, is 50 times too large"
+        else:
+            seen = f"std {std:.3g}, mean {mean:.3g}"
+        checks.fail(
+            "ViT.pos_embedding is not initialised as the exercise says",
+            "values drawn with std 0.02 around 0 (nn.init.trunc_normal_(..., std=0.02), as torchvision and timm)",
+            seen,
+            "create it, then draw it: self.pos_embedding = nn.Parameter(torch.empty(1, N + 1, D)); "
+            "nn.init.trunc_normal_(self.pos_embedding, std=0.02)",
+        )
+
+
 def _check_vit_once(ViT: Callable[..., nn.Module], config: ViTConfig, seed: int, batch: int) -> None:
     kwargs = {name: getattr(config, name) for name in VIT_ARGUMENTS}
     model = checks.call_student("ViT", ViT, **kwargs)
@@ -192,6 +239,7 @@ def _check_vit_once(ViT: Callable[..., nn.Module], config: ViTConfig, seed: int,
             f"eps={norm.eps:g}",
             "the final LayerNorm of eq. 4: nn.LayerNorm(hidden_dim, eps=1e-6); PyTorch's default is 1e-5",
         )
+    initial = _initial_values(model)  # checked last: a wrong forward pass is the bigger mistake
     reference = ReferenceViT(config)
     _perturb(reference, seed=seed)
     with torch.no_grad():  # learned-looking class token and positions, so that forgetting one shows
@@ -259,6 +307,7 @@ def _check_vit_once(ViT: Callable[..., nn.Module], config: ViTConfig, seed: int,
             "these parameters are not used in forward, or only through .data / .detach() / torch.no_grad(): "
             "they would never be trained",
         )
+    _check_initialisation(initial)
 
 
 @checks.exercise("ViT")

@@ -100,13 +100,18 @@ def check_patchify(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
             checks.fail("patchify: the input images were modified", "the images left as they were",
                         "different values after the call", "don't write into the input; return a new tensor")
         b, c, h, w = images.shape
+        expected = patchify(images, p)
+        where = ("patch n = (row r, column s) of the patch grid, n = r·(W/P) + s, holds the pixels "
+                 "images[b, :, r·P:(r+1)·P, s·P:(s+1)·P], flattened in the order (p1 p2 c)")
+        moved = (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
+                 and torch.equal(got.detach().flatten().sort().values, expected.flatten().sort().values))
         checks.expect_close(
             f"patchify(images of shape ({b}, {c}, {h}, {w}), patch_size={p})",
             got,
-            patchify(images, p),
+            expected,
             mistakes=_patchify_mistakes(images, p),
-            hint="patch n = (row r, column s) of the patch grid, n = r·(W/P) + s, holds the pixels "
-                 "images[b, :, r·P:(r+1)·P, s·P:(s+1)·P], flattened in the order (p1 p2 c)",
+            hint=("every pixel is there, some in the wrong place: " if moved else
+                  "some values are not the image's pixels (patchify only moves them): ") + where,
             shape_hint=f"the output shape is (B, N, P²·C) with N = HW/P² = {(h // p) * (w // p)} here",
         )
     checks.passed("patchify", "matches vitlib on 5 seeded batches (C = 1, 2, 3; square and non-square grids)")
@@ -249,14 +254,20 @@ def check_add_class_token_and_positions(fn: Callable[..., torch.Tensor]) -> None
         try:
             got = checks.call_student("add_class_token_and_positions", fn, x, class_token, pos)
         except checks.CheckFailed as error:
-            if b > 1 and i > 0:
-                checks.fail(what, f"z_0 of shape ({b}, {n + 1}, {d})", f"an error ({error.__cause__})",
-                            "it worked for a batch of 1 but not for B = {b}: the class token is (1, 1, D), "
-                            "expand it to the batch first, class_token.expand(B, -1, -1), then torch.cat along dim=1"
-                            .replace("{b}", str(b)))
-            checks.fail(what, f"z_0 of shape ({b}, {n + 1}, {d})", f"an error ({error.__cause__})",
-                        "prepend the class token first (torch.cat([x_class, x], dim=1) gives N+1 tokens), "
-                        "then add E_pos, which has N+1 rows: one for the class token and one per patch")
+            cause, message = error.__cause__, str(error.__cause__)
+            hint = None
+            if b > 1 and i > 0 and "Sizes of tensors must match" in message:  # torch.cat of (1, 1, D) with (B, N, D)
+                hint = (f"it worked for a batch of 1 but not for B = {b}: the class token is (1, 1, D), "
+                        "expand it to the batch first, class_token.expand(B, -1, -1), then torch.cat along dim=1")
+            elif f"tensor a ({n})" in message and f"tensor b ({n + 1})" in message:  # N tokens + N+1 positions
+                hint = ("N tokens met the N+1 rows of E_pos: prepend the class token first (torch.cat([x_class, x], dim=1) "
+                        "gives N+1 tokens), then add E_pos, one row for the class token and one per patch")
+            if hint is None:
+                raise
+            try:
+                checks.fail(what, f"z_0 of shape ({b}, {n + 1}, {d})", f"an error ({cause})", hint)
+            except checks.CheckFailed as failure:
+                raise failure from cause  # the student's lines stay attached
         for t, before in zip((x, class_token, pos), keep):
             if not torch.equal(t.detach(), before):
                 checks.fail(f"{what}: an input was modified", "the inputs left as they were",

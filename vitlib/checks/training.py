@@ -35,7 +35,7 @@ def _as_float(what: str, value) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        checks.fail(what, "a Python float (the learning rate)", checks._short(value), "return the number itself, e.g. base_lr * (step + 1) / warmup_steps")
+        checks.fail(f"{what}: not a number", "a Python float (the learning rate)", checks._short(value), "return the number itself, e.g. base_lr * (step + 1) / warmup_steps")
     return float(value)
 
 
