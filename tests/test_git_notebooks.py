@@ -210,3 +210,22 @@ def test_the_repository_passes_the_pre_commit_lint():
         pytest.skip(f"ruff is not installed in {BIN}: run `make setup`")
     result = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_notebooks_carry_the_language_info_a_kernel_reports_so_opening_changes_nothing():
+    """JupyterLab writes the kernel's language_info into a notebook when it opens it (and marks it modified if it
+    differs): the committed notebooks carry it already, for the Python that environment.yml pins."""
+    import re
+
+    from nbclient import NotebookClient
+
+    from vitlib.notebooks import LANGUAGE_INFO
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    reported = dict(nb.metadata.language_info)
+    assert {k: v for k, v in reported.items() if k != "version"} == {k: v for k, v in LANGUAGE_INFO.items() if k != "version"}
+    pinned = re.search(r"^\s*- python=(\S+)", (ROOT / "environment.yml").read_text(), re.M).group(1)
+    assert LANGUAGE_INFO["version"] == pinned
+    for path in NOTEBOOKS:
+        assert nbformat.read(path, as_version=4).metadata.language_info == LANGUAGE_INFO, path.name

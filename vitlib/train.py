@@ -448,9 +448,9 @@ def train(
         # Few refreshes: in Jupyter every refresh (and every epoch's bar) is a message to the
         # front end, and about a thousand of them overflow the kernel's output queue, which
         # drops messages (nbval then times out waiting for the cell's end): one refresh every
-        # 5 s in a notebook (a 10-minute run: ~120 plus ~10 per epoch), every second elsewhere.
+        # 2 s in a notebook (a 10-minute run: ~300 plus a few per epoch), every second elsewhere.
         bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   mininterval=5.0 if _IN_NOTEBOOK else 1.0, disable=not (config.progress and main_process),
+                   mininterval=2.0 if _IN_NOTEBOOK else 1.0, disable=not (config.progress and main_process),
                    file=sys.stderr, dynamic_ncols=True)
         last_check = time.perf_counter()
         with bar:
@@ -514,6 +514,7 @@ def train(
                 count += batch_size
                 if config.progress and main_process and (len(losses) % 10 == 1 or len(losses) == num_batches):
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+            bar.refresh()  # the epoch's last state, also for an epoch shorter than the refresh interval
 
         if not losses:  # the clock ran out before this epoch took a step
             break
