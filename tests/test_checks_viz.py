@@ -67,8 +67,8 @@ def test_attention_maps_mistakes(mistake, hint):
 
 def test_attention_maps_without_no_grad():
     _fails(check_attention_maps, lambda m, x: _maps(m, x, no_grad=False), r"autograd on[\s\S]*require grad[\s\S]*with torch\.no_grad\(\):")
-    detached = lambda m, x: [a.detach() for a in _maps(m, x, no_grad=False)]  # noqa: E731
-    _fails(check_attention_maps, detached, r"forward passes with autograd on \(then \.detach\(\)\)[\s\S]*torch\.no_grad\(\)")
+    # Maps computed with autograd on, then detached, are right and carry no graph: not caught (the check sees only
+    # what the function returns and leaves; no hook on the model, which in grading is a copy in the student's kernel).
 
 
 def test_attention_maps_under_inference_mode_or_a_decorator_pass(capsys):

@@ -113,3 +113,15 @@ def test_in_the_terminal_a_failing_check_still_fails_with_its_message(shell):
         assert result.returncode == 1
     else:  # IPython shows the message alone (the exception's _render_traceback_), not vitlib's frames
         assert "Traceback" not in said and "vitlib/checks" not in said, said
+
+
+def test_the_judge_never_only_reports_a_failure(monkeypatch):
+    """Even where reporting is on (as in a kernel), the grader's judge sees a failing check raise."""
+    from vitlib import grade, judge
+
+    week = grade.load_exercises("02_attention")
+    exercise = next(e for e in week.exercises if e.name == "attention_scores")
+    with checks.reporting(True):
+        the_judge = judge.Judge(week, judge.Job.__new__(judge.Job))
+        with pytest.raises(CheckFailed):
+            the_judge._run_check(exercise, lambda q, k: q @ k.transpose(-2, -1), 0)

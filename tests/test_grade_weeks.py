@@ -100,3 +100,35 @@ def test_the_grader_and_the_report_card_agree_on_every_exercise(tmp_path):
     assert cards == graded
     assert graded["mixed"] == {"attention_scores": True, "softmax": False, "attention": False}
     assert graded["unscaled"] == {"attention_scores": False, "softmax": True, "attention": True}  # on vitlib's scores
+
+
+# --- the mistakes the checks newly catch are caught by the grader too (its model is a copy in the kernel) --
+
+_SLIPS = {
+    "04_head": {
+        "random_head": ("ex-vit", "        nn.init.zeros_(self.head.weight)  # Section 3.2: a zero-initialised D × K layer\n        nn.init.zeros_(self.head.bias)\n", "", "vit", "not initialised to zeros"),
+        "randn_positions": ("ex-vit", "nn.init.trunc_normal_(self.pos_embedding, std=0.02)", "self.pos_embedding.data.normal_()", "vit", r"trunc_normal_"),
+    },
+    "05_training": {"no_train_mode": ("ex-train_step", "    model.train()\n", "", "train_step", r"call model\.train\(\) first")},
+    "06_inside_the_vit": {"grad_on": ("ex-attention_maps", "    with torch.no_grad():\n", "    if True:\n", "attention_maps", "computed with autograd on")},
+}
+
+
+@pytest.mark.parametrize("week", sorted(_SLIPS))
+def test_the_grader_catches_what_the_checks_newly_catch(tmp_path, week):
+    import re
+
+    import nbformat
+
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    for student, (cell_id, old, new, _, _) in _SLIPS[week].items():
+        nb = nbformat.read(ROOT / "solutions" / f"{week}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if c.id == cell_id)
+        assert old in cell.source, (week, student)
+        cell.source = cell.source.replace(old, new)
+        nbformat.write(nb, folder / f"{student}.ipynb")
+    results = grade.grade_class(week, folder, tmp_path / "out", timeout=120, jobs=2, progress=False)
+    for student, (_, _, _, exercise, hint) in _SLIPS[week].items():
+        (verdict,) = [r for r in results if r.student == student and r.exercise == exercise]
+        assert verdict.status == "failed" and re.search(hint, verdict.message), (student, verdict.status, verdict.message)

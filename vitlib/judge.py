@@ -220,15 +220,15 @@ class Judge:
 
         checks._SEED_OFFSET = offset
         torch.manual_seed(offset)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
+        try:  # a check here raises, wherever the judge runs (it never only reports, as in a notebook)
+            with contextlib.redirect_stdout(io.StringIO()), checks.reporting(False):
                 exec(compile(exercise.check_source, f"check-{exercise.name}", "exec"), {**self.namespace, exercise.defines: target})
         finally:
             checks._SEED_OFFSET = 0
 
     def judge(self, exercise: Exercise, hello: dict, link) -> Verdict:
         """The verdict on one exercise; KernelLost goes up (the run is over)."""
-        from vitlib.checks import _PASSED, CheckFailed, reset
+        from vitlib.checks import _PASSED, CheckFailed, reporting, reset
         from vitlib.remote import JudgeCannotSend, UsesReference
 
         name = exercise.name
@@ -248,7 +248,7 @@ class Judge:
             hidden = self.hidden_namespace.get(f"hidden_{name}")
             try:
                 if hidden is not None:
-                    with contextlib.redirect_stdout(io.StringIO()):
+                    with contextlib.redirect_stdout(io.StringIO()), reporting(False):
                         hidden(target)
             except Exception:
                 return Verdict(name, "failed", "passed its check, but failed a hidden test", hidden=True, passed_names=passed_names)

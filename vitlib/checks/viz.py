@@ -59,22 +59,17 @@ def check_attention_maps(attention_maps) -> None:
     model = _small_vit()
     model.train()  # the student's function must not depend on the mode it finds the model in
     images = checks.seeded(3, 1, 28, 28, seed=1)
-    seen: list[tuple[bool, bool]] = []  # (autograd on, module in training mode) at each forward of the student's calls
-    handles = [m.register_forward_pre_hook(lambda module, args: seen.append((torch.is_grad_enabled(), module.training)))
-               for m in model.modules()]
-    try:
-        got = checks.call_student(name, attention_maps, model, images)
-        model.train()
-        again = checks.call_student(name, attention_maps, model, images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # No hooks on the model (in grading it is a copy in the student's kernel): what the calls leave tells.
+    got = checks.call_student(name, attention_maps, model, images)
+    left_in_training = model.training  # still True: the function never called model.eval()
+    model.train()
+    again = checks.call_student(name, attention_maps, model, images)
     model.eval()
     if isinstance(got, (list, tuple)) and isinstance(again, (list, tuple)) and len(got) == len(again) and not all(
         isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
         for a, b in zip(got, again)
     ):
-        if any(training for _, training in seen):
+        if left_in_training:
             checks.fail(f"{name}: not reproducible", "the same maps for the same images, every time",
                         "different maps (or shapes) on a second call: your forward passes ran in training mode",
                         "dropout and PatchDropout are on in training mode: call model.eval() first")
@@ -114,9 +109,9 @@ def check_attention_maps(attention_maps) -> None:
                             hint="compare with eq. 6 step by step: LN, q and k from qkv, q kᵀ / √D_h, softmax",
                             shape_hint=f"each map is (B, heads, N+1, N+1) = {(B, h, n, n)}")
     graph = any(isinstance(m, torch.Tensor) and m.requires_grad for m in got)
-    if graph or any(grad for grad, _ in seen):
+    if graph:
         checks.fail(f"{name}: computed with autograd on", "every forward pass under torch.no_grad()",
-                    "maps that require grad (they carry a graph)" if graph else "forward passes with autograd on (then .detach())",
+                    "maps that require grad (they carry a graph)",
                     "wrap the loop in `with torch.no_grad():` (or decorate the function with @torch.no_grad()): "
                     "nothing is differentiated here, and the graph of every layer would be kept in memory")
     checks.passed(name, f"post-softmax maps of all {L} layers match vitlib's")
