@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,11 @@ def call_student(
     raised (or in the error's message) gives the hint, so a hint is given only where its cause is seen.
     """
     try:
-        return fn(*args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:  # shown if the call returns; a crash's message says it all
+            result = fn(*args, **kwargs)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        return result
     except NotImplementedError:
         raise NotWrittenYet(name) from None
     except CheckFailed:
