@@ -91,6 +91,8 @@ def _short(value: Any, at: tuple[int, ...] | None = None) -> str:
         kind = "floats" if any(isinstance(v, float) for v in value) else "ints"
         head = ", ".join(f"{v:.4g}" for v in value[:4])
         return f"a {type(value).__name__} of {len(value)} {kind}: [{head}{', ...' if len(value) > 4 else ''}]"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
