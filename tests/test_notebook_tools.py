@@ -52,22 +52,29 @@ def _notebook(check_source: str = "# NBVAL_CHECK_OUTPUT\ncheck(patchify)", check
     demo = new_code_cell("print('demo')", id="demo", execution_count=1, outputs=[_output("demo\n")])
     exercise = new_code_cell(SOLUTION, id="ex-patchify", metadata={"tags": ["exercise"]}, execution_count=2)
     check = new_code_cell(check_source, id=check_id, metadata={"tags": ["check"]}, execution_count=3, outputs=[_output("✓ ok\n")])
-    nb.cells = [new_markdown_cell("# Week", id="intro"), demo, exercise, check]
+    report = new_code_cell('# NBVAL_CHECK_OUTPUT\nchecks.report_card("patchify")', id="report-card", metadata={"tags": ["report"]},
+                           execution_count=4, outputs=[_output("✓ all 1 exercises of this week pass: patchify\n")])
+    nb.cells = [new_markdown_cell("# Week", id="intro"), demo, exercise, check, report]
     return nb
 
 
-def test_student_notebook_stubs_and_keeps_only_compared_outputs():
+def test_student_notebook_stubs_and_keeps_no_output():
     student = student_notebook(_notebook())
-    intro, demo, exercise, check = student.cells
-    assert demo.outputs == [] and demo.execution_count is None
-    assert "NotImplementedError" in exercise.source and exercise.execution_count is None
-    assert check.outputs[0]["text"] == "✓ ok\n" and check.execution_count == 3
-    assert [c.id for c in student.cells] == ["intro", "demo", "ex-patchify", "check-patchify"]
+    intro, demo, exercise, check, report = student.cells
+    assert "NotImplementedError" in exercise.source
+    assert all(c.outputs == [] and c.execution_count is None for c in (demo, exercise, check, report)), "a ✓ under a stub"
+    assert [c.id for c in student.cells] == ["intro", "demo", "ex-patchify", "check-patchify", "report-card"]
     nbformat.validate(student)
 
 
 def test_lint_accepts_a_well_formed_notebook():
     assert lint(_notebook()) == []
+
+
+def test_lint_wants_the_report_card_last():
+    nb = _notebook()
+    nb.cells.pop()
+    assert any("the last code cell must be the report card" in p for p in lint(nb))
 
 
 @pytest.mark.parametrize(
@@ -224,11 +231,11 @@ def test_from_notebook_without_the_file(tmp_path, capsys):
 
 
 def test_lint_finds_widget_state_and_clean_metadata_removes_it():
-    from vitlib.notebooks import clean_metadata
+    from vitlib.notebooks import LANGUAGE_INFO, clean_metadata
 
     nb = _notebook()
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nb.metadata["language_info"] = {"name": "python", "version": "3.11.7"}
     assert any("widget state" in p for p in lint(nb))
     clean_metadata(nb)
-    assert lint(nb) == [] and nb.metadata["language_info"] == {"name": "python"}
+    assert lint(nb) == [] and nb.metadata["language_info"] == LANGUAGE_INFO  # what JupyterLab writes on opening
