@@ -448,9 +448,10 @@ def train(
         # Few refreshes: in Jupyter every refresh (and every epoch's bar) is a message to the
         # front end, and about a thousand of them overflow the kernel's output queue, which
         # drops messages (nbval then times out waiting for the cell's end): one refresh every
-        # 2 s in a notebook (a 10-minute run: ~300 plus a few per epoch), every second elsewhere.
+        # 5 s in a notebook (a 10-minute run: ~120 plus ~10 per epoch; at 2 s, nbval once timed out), every
+        # second elsewhere; and once at the end of each epoch, so that a short epoch does not stay at 0%.
         bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   mininterval=2.0 if _IN_NOTEBOOK else 1.0, disable=not (config.progress and main_process),
+                   mininterval=5.0 if _IN_NOTEBOOK else 1.0, disable=not (config.progress and main_process),
                    file=sys.stderr, dynamic_ncols=True)
         last_check = time.perf_counter()
         with bar:
