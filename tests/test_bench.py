@@ -13,3 +13,25 @@ def test_bench_runs_both_models_with_the_same_weights_and_reports_ratios():
     for kind in ("train", "infer"):
         assert result[f"{kind}_images_per_s_vitlib"] > 0 and result[f"{kind}_images_per_s_timm"] > 0
         assert result[f"{kind}_ratio_vitlib_over_timm"] > 0
+
+
+def test_the_gpu_script_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh --dry-run: the one device call of issue 18, each step a few iterations, on the bundled subset."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "DRY_RUN_COMPILE": os.environ.get("DRY_RUN_COMPILE", "0")}
+    result = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    steps = (tmp_path / "steps.log").read_text()
+    assert result.returncode == 0, steps + result.stderr
+    names = ["fashion-mnist", "bench-bf16", "mnist"]
+    assert all(f"end   {name}: exit 0" in steps for name in names), steps
+    for run in ("fashion-mnist", "mnist"):
+        summary = json.loads((tmp_path / f"{run}.log").read_text().strip().splitlines()[-1])
+        assert 0 <= summary["test_accuracy"] <= 1 and summary["seconds"] > 0, summary
+    assert "torch" in (tmp_path / "device.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["device.txt", "steps.log", *(f"{n}.log" for n in names)])

@@ -442,3 +442,28 @@ def test_unknown_augment_lists_the_known_ones():
     with pytest.raises(ValueError) as info:
         train_transform(tiny_dataset(), "heavy")
     assert all(name in str(info.value) for name in AUGMENTATIONS)
+
+
+# --- the real MNIST, where this machine has it --------------------------------------------------------
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_MD5 = {  # of the unzipped files: the canonical MNIST checksums (../shared/data/README.md)
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"no real MNIST in {SHARED_MNIST} (our machines have it; a clone does not need it)")
+def test_the_real_mnist_loads_with_its_counts_and_checksums():
+    import hashlib
+
+    for name, md5 in MNIST_MD5.items():
+        assert hashlib.md5(gzip.decompress((SHARED_MNIST / name).read_bytes())).hexdigest() == md5, name
+    train, test = (load_dataset("mnist", split, root=SHARED_MNIST) for split in ("train", "test"))
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert tuple(train.images.shape[1:]) == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.classes == [str(d) for d in range(10)]
+    assert (int(train.labels[0]), int(test.labels[0])) == (5, 7)  # the first digits of each split, as everyone sees them
+    assert torch.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
