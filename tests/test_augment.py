@@ -63,8 +63,48 @@ def test_erasing_sets_one_rectangle_to_zero_in_the_chosen_images():
         assert 0.01 * 784 <= mask.sum() <= 0.34 * 784 + 28
 
 
+def _dot_positions(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's intensity-weighted centroid, as distance from the centre and angle in degrees."""
+    B, _, H, W = out.shape
+    ys, xs = torch.meshgrid(torch.arange(H) - (H - 1) / 2, torch.arange(W) - (W - 1) / 2, indexing="ij")
+    mass = out[:, 0].flatten(1).sum(1)  # (B,)
+    cy = (out[:, 0] * ys).flatten(1).sum(1) / mass  # (B,)
+    cx = (out[:, 0] * xs).flatten(1).sum(1) / mass  # (B,)
+    return torch.hypot(cx, cy), torch.rad2deg(torch.atan2(cy, cx))
+
+
+def _dot_images(n: int) -> torch.Tensor:
+    """A 2×2 bright dot 8 pixels right of the centre of a 28×28 image, n times."""
+    x = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 13:15, 21:23] = 255  # centroid at (0, +8) from the centre (13.5, 13.5)
+    return x
+
+
+def test_rotation_turns_each_image_about_its_centre_within_the_range():
+    out = BatchTransform((0.0,), (1.0,), rotate=15.0)(_dot_images(200), torch.Generator().manual_seed(0))
+    radius, angle = _dot_positions(out)
+    torch.testing.assert_close(radius, torch.full_like(radius, 8.0), atol=0.3, rtol=0)
+    assert angle.abs().max() <= 15.5, "turned by more than ±15 degrees"
+    assert angle.min() < -10 and angle.max() > 10, "the angles should spread over the range"
+    assert len(set(angle.round().tolist())) > 15, "each image draws its own angle"
+
+
+def test_scale_zooms_each_image_about_its_centre_within_the_range():
+    out = BatchTransform((0.0,), (1.0,), scale=0.2)(_dot_images(200), torch.Generator().manual_seed(0))
+    radius, angle = _dot_positions(out)
+    assert angle.abs().max() < 1.0, "zooming alone should not turn the image"
+    assert 8 * 0.8 - 0.3 <= radius.min() and radius.max() <= 8 * 1.2 + 0.3
+    assert radius.min() < 7.0 and radius.max() > 9.0, "the zoom should spread over 1 ± 0.2"
+
+
+def test_no_turn_and_no_zoom_leave_the_image_as_it_was():
+    x = images()
+    t = BatchTransform((0.0,), (1.0,), rotate=1e-6)
+    torch.testing.assert_close(t(x, torch.Generator().manual_seed(0)), x.float() / 255, atol=1e-4, rtol=0)
+
+
 def test_same_generator_same_augmentation():
-    t = BatchTransform((0.3,), (0.3,), padding=3, flip=True, erasing=0.5)
+    t = BatchTransform((0.3,), (0.3,), padding=3, flip=True, erasing=0.5, rotate=10.0, scale=0.1)
     x = images()
     a = t(x, torch.Generator().manual_seed(7))
     b = t(x, torch.Generator().manual_seed(7))
@@ -77,6 +117,8 @@ def test_same_generator_same_augmentation():
     (dict(mean=(0.5,), std=(0.0,)), "std must be positive"),
     (dict(mean=(0.5,), std=(0.5,), padding=-1), "padding"),
     (dict(mean=(0.5,), std=(0.5,), erasing=2.0), "probability"),
+    (dict(mean=(0.5,), std=(0.5,), rotate=-5.0), "angle in degrees"),
+    (dict(mean=(0.5,), std=(0.5,), scale=1.0), "fraction"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -35,3 +35,22 @@ def test_the_gpu_script_dry_run_runs_every_step_on_the_cpu(tmp_path):
         assert 0 <= summary["test_accuracy"] <= 1 and summary["seconds"] > 0, summary
     assert "torch" in (tmp_path / "device.txt").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["device.txt", "steps.log", *(f"{n}.log" for n in names)])
+
+
+def test_the_cpu_throughput_benchmark_prints_one_line_per_batch_size():
+    """benchmarks/cpu_throughput.py, how the CPU recipes' batch size was chosen: a few steps of a tiny model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cpu_throughput.py", "--recipe", "mnist-cpu", "--batch-sizes", "8", "16",
+         "--images", "32", "--rounds", "1", "--set", "num_layers=1", "--set", "hidden_dim=32"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["batch_size"] for line in lines] == [8, 16]
+    assert all(line["images_per_second"] > 0 and line["model"]["num_layers"] == 1 for line in lines)
+    assert lines[0]["model"]["patch_dropout"] == 0.25  # the recipe's model, with the overrides

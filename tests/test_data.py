@@ -436,6 +436,12 @@ def test_train_transform_keeps_shape_and_augments(name, channels, size):
     assert augment.flip == (name != "mnist")  # a mirrored digit is another digit
     assert augment.padding >= 2 and augment.erasing == 0
     assert train_transform(dataset, "strong").erasing > 0
+    assert augment.rotate == augment.scale == 0
+
+
+def test_digits_augmentation_shifts_turns_and_zooms_but_never_flips():
+    digits = train_transform(tiny_dataset("mnist"), "digits")
+    assert (digits.padding, digits.rotate, digits.scale, digits.flip, digits.erasing) == (3, 10.0, 0.1, False, 0.0)
 
 
 def test_unknown_augment_lists_the_known_ones():

@@ -137,3 +137,36 @@ def test_nbval_over_a_students_notebook_still_fails_where_an_exercise_fails(tmp_
     assert result.returncode == 1, result.stdout[-2000:]
     assert "1 failed" in result.stdout and "checks.report_card(" in result.stdout, result.stdout[-2000:]  # the last cell only
     assert "2 of 3 exercises pass so far" in result.stdout and "✗ softmax: not written yet" in result.stdout
+
+
+def _week05_data_cell(dataset: str) -> nbformat.NotebookNode:
+    """Week 05's setup and data cells, with its one line set to ``DATASET = dataset``."""
+    nb = nbformat.read(ROOT / "solutions" / "05_training.ipynb", as_version=4)
+    cells = {cell.get("id"): cell for cell in nb.cells}
+    data = cells["data"].source
+    line = 'DATASET = "fashion-mnist"'
+    assert data.count(line) == 1, "week 05 should choose its data set in one line"
+    nb.cells = [cells["setup"], nbformat.v4.new_code_cell(data.replace(line, f"DATASET = {dataset!r}"))]
+    return nb
+
+
+@pytest.mark.parametrize("has_mnist", [True, False])
+def test_week_05_switches_to_mnist_in_one_line(has_mnist, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    from data_files import make_idx_split
+
+    if has_mnist:
+        make_idx_split(tmp_path / "MNIST" / "raw", "train", 100)
+        make_idx_split(tmp_path / "MNIST" / "raw", "test", 40, seed=1)
+    monkeypatch.setenv("VITLIB_DATA", str(tmp_path))
+    monkeypatch.setenv("VITLIB_BUDGET", "cpu")
+    nb = _week05_data_cell("mnist")
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
+    if has_mnist:
+        assert "data: mnist from" in text and "recipe 'mnist-cpu'" in text, text
+        assert "100 training and 40 test images" in text, text
+    else:  # no bundled MNIST: the bundled Fashion-MNIST subset, said in one line
+        assert "No local mnist: using the bundled Fashion-MNIST subset" in text, text
+        assert "recipe 'fashion-mnist-small'" in text, text

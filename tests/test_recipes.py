@@ -21,7 +21,7 @@ from vitlib.data import AUGMENTATIONS, DATASET_NAMES
 from vitlib.train import main
 from vitlib.train_config import TrainConfig
 
-REQUIRED = ("fashion-mnist", "fashion-mnist-cpu", "mnist", "cifar10")
+REQUIRED = ("fashion-mnist", "fashion-mnist-cpu", "mnist", "mnist-cpu", "cifar10")
 IMAGE = {"mnist": (28, 1), "fashion-mnist": (28, 1), "fashion-mnist-small": (28, 1), "cifar10": (32, 3)}
 TINY = ["--set", "num_layers=1", "--set", "hidden_dim=32", "--set", "num_heads=2", "--set", "mlp_dim=64"]
 
@@ -44,9 +44,10 @@ def test_every_recipe_is_well_formed(name):
     assert model.config.dropout == 0.0  # no dropout at small scale
 
 
-def test_the_cpu_recipe_stops_itself_within_ten_minutes():
-    recipe = recipes.get_recipe("fashion-mnist-cpu")
-    assert recipe.goal >= 0.90 and recipe.device_class == "cpu"
+@pytest.mark.parametrize("name, goal", [("fashion-mnist-cpu", 0.90), ("mnist-cpu", 0.995)])
+def test_the_cpu_recipes_stop_themselves_within_ten_minutes(name, goal):
+    recipe = recipes.get_recipe(name)
+    assert recipe.goal >= goal and recipe.device_class == "cpu"
     assert 0 < recipe.train.time_limit <= 570  # the rest of 600 s: start-up, loading, the final report
     assert recipe.train.compile is False  # measured: torch.compile gains nothing on the CPU and costs 20 s
 
@@ -69,6 +70,21 @@ def test_unknown_recipe_lists_the_known_ones():
 ])
 def test_week_05_picks_the_recipe_of_its_budget(chosen, full, expected):
     assert recipes.for_budget(chosen, full_data=full).name == expected
+
+
+@pytest.mark.parametrize("chosen, full, expected", [
+    ("smoke", True, "smoke"), ("cpu", True, "mnist-cpu"), ("gpu", True, "mnist"),
+    ("cpu", False, "fashion-mnist-small"),  # no MNIST is bundled: the Fashion-MNIST subset
+])
+def test_week_05_picks_mnists_recipes_when_asked(chosen, full, expected):
+    recipe = recipes.for_budget(chosen, full_data=full, dataset="mnist")
+    assert recipe.name == expected
+    assert recipe.dataset == ("fashion-mnist-small" if expected == "smoke" or not full else "mnist")
+
+
+def test_week_05_refuses_a_data_set_it_has_no_recipe_for():
+    with pytest.raises(ValueError, match="'fashion-mnist' or 'mnist', not 'cifar10'"):
+        recipes.for_budget("cpu", dataset="cifar10")
 
 
 def test_budget_follows_the_environment(monkeypatch):

@@ -43,11 +43,15 @@ class BatchTransform:
     In order:
 
     1. scale to [0, 1];
-    2. ``padding > 0``: pad with zeros (black) by ``padding`` pixels on every side and
+    2. ``rotate > 0`` or ``scale > 0``: turn each image about its centre by an angle
+       drawn uniformly from ±``rotate`` degrees and zoom it by a factor drawn from
+       1 ± ``scale`` (bilinear, black where the turned image leaves the frame): the
+       small affine distortions of handwriting (Simard et al. 2003);
+    3. ``padding > 0``: pad with zeros (black) by ``padding`` pixels on every side and
        crop a random H × W window: a random shift of up to ``padding`` pixels;
-    3. ``flip``: mirror left-right with probability 1/2;
-    4. normalise with ``mean`` and ``std`` (one value per channel);
-    5. ``erasing > 0``: with that probability, set a random rectangle (2–33% of the
+    4. ``flip``: mirror left-right with probability 1/2;
+    5. normalise with ``mean`` and ``std`` (one value per channel);
+    6. ``erasing > 0``: with that probability, set a random rectangle (2–33% of the
        image, aspect ratio 0.3–3.3) to 0, the mean colour after normalising
        (Zhong et al. 2020, random erasing, as in DeiT).
 
@@ -62,6 +66,8 @@ class BatchTransform:
         padding: int = 0,
         flip: bool = False,
         erasing: float = 0.0,
+        rotate: float = 0.0,
+        scale: float = 0.0,
     ) -> None:
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if len(mean) != len(std) or not mean:
@@ -72,17 +78,22 @@ class BatchTransform:
             raise ValueError(f"BatchTransform: padding must be an integer >= 0, got {padding!r}")
         if not 0.0 <= erasing <= 1.0:
             raise ValueError(f"BatchTransform: erasing is a probability in [0, 1], got {erasing!r}")
+        if not 0.0 <= rotate <= 180.0:
+            raise ValueError(f"BatchTransform: rotate is an angle in degrees in [0, 180], got {rotate!r}")
+        if not 0.0 <= scale < 1.0:
+            raise ValueError(f"BatchTransform: scale is a fraction in [0, 1), got {scale!r}")
         self.mean, self.std = mean, std
         self.padding, self.flip, self.erasing = padding, bool(flip), float(erasing)
+        self.rotate, self.scale = float(rotate), float(scale)
 
     @property
     def augments(self) -> bool:
         """Whether this transform draws random numbers at all."""
-        return self.padding > 0 or self.flip or self.erasing > 0
+        return self.padding > 0 or self.flip or self.erasing > 0 or self.rotate > 0 or self.scale > 0
 
     def __repr__(self) -> str:
         return (f"BatchTransform(mean={self.mean}, std={self.std}, padding={self.padding}, "
-                f"flip={self.flip}, erasing={self.erasing})")
+                f"flip={self.flip}, erasing={self.erasing}, rotate={self.rotate}, scale={self.scale})")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         single = images.ndim == 3
@@ -91,6 +102,8 @@ class BatchTransform:
             raise ValueError(f"BatchTransform: expected images of shape (B, {len(self.mean)}, H, W) "
                              f"or ({len(self.mean)}, H, W), got {tuple(images.shape)}")
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()  # (B, C, H, W) in [0, 1]
+        if self.rotate or self.scale:
+            x = self._turn(x, generator)
         if self.padding:
             x = self._shift(x, generator)
         if self.flip:
@@ -102,6 +115,20 @@ class BatchTransform:
         if self.erasing:
             x = self._erase(x, generator)
         return x[0] if single else x
+
+    def _turn(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Rotate by ±``rotate`` degrees and zoom by 1 ± ``scale``, each image its own draw."""
+        B = x.shape[0]
+        u = _rand((2, B), x.device, generator)  # (2, B): angle, zoom
+        angle = torch.deg2rad((2 * u[0] - 1) * self.rotate)  # (B,) radians
+        zoom = 1 + (2 * u[1] - 1) * self.scale  # (B,) > 1 enlarges the digit
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # (B,): the output → input map
+        zero = torch.zeros_like(cos)  # (B,)
+        theta = torch.stack([torch.stack([cos, -sin, zero], -1),
+                             torch.stack([sin, cos, zero], -1)], 1)  # (B, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                               align_corners=False)  # (B, C, H, W)
 
     def _shift(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Zero-pad by ``padding`` and crop a random window: each image moves by its own offset."""

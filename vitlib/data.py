@@ -47,7 +47,7 @@ from vitlib.augment import BatchTransform
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "fashion-mnist-small")
 SPLITS = ("train", "test")
-AUGMENTATIONS = ("none", "flip", "basic", "strong")
+AUGMENTATIONS = ("none", "flip", "basic", "digits", "strong")
 
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
@@ -501,6 +501,9 @@ def train_transform(dataset: ImageDataset, augment: str = "basic") -> BatchTrans
     - ``"basic"``: a random crop from the image padded with zeros by size // 8 pixels
       (at least 2) on every side, and, for datasets in ``FLIP_SAFE`` (not MNIST),
       a random horizontal flip;
+    - ``"digits"``: ``"basic"``'s shift, after a random turn of up to ±10 degrees
+      and a zoom of up to ±10%: the small affine distortions of handwriting
+      (Simard et al. 2003), for MNIST;
     - ``"strong"``: ``"basic"``, then random erasing of one rectangle in a quarter
       of the images (DeiT's setting). Mixup and cutmix act on labels too: they are
       :class:`vitlib.train.TrainConfig` settings.
@@ -517,4 +520,6 @@ def train_transform(dataset: ImageDataset, augment: str = "basic") -> BatchTrans
         padding=0 if augment == "flip" else max(2, dataset.image_size // 8),  # a shift of up to 3 pixels on 28×28, 4 on 32×32
         flip=dataset.name in FLIP_SAFE,
         erasing=0.25 if augment == "strong" else 0.0,
+        rotate=10.0 if augment == "digits" else 0.0,
+        scale=0.1 if augment == "digits" else 0.0,
     )

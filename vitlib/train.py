@@ -639,7 +639,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds, the schedule ending on time")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model for training (--no-compile: not even if the recipe says so)")
-    parser.add_argument("--augment", help="training augmentation: none, flip, basic (default) or strong")
+    parser.add_argument("--augment", help="training augmentation: none, flip, basic (default), digits or strong")
     parser.add_argument("--data-root", help="where data sets are stored / downloaded")
     parser.add_argument("--subset", type=int, help="use only the first N train and N//4 test images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
