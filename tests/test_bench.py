@@ -54,3 +54,48 @@ def test_the_cpu_throughput_benchmark_prints_one_line_per_batch_size():
     assert [line["batch_size"] for line in lines] == [8, 16]
     assert all(line["images_per_second"] > 0 and line["model"]["num_layers"] == 1 for line in lines)
     assert lines[0]["model"]["patch_dropout"] == 0.25  # the recipe's model, with the overrides
+
+
+@pytest.mark.parametrize("defect", ["no-position", "frozen-encoder"])
+def test_the_broken_model_benchmark_trains_the_recipe_with_its_defect(tmp_path, defect):
+    """benchmarks/broken_model.py, how week 05's floors were checked against a broken model: one tiny epoch."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from vitlib.checkpoint import load_checkpoint
+    from vitlib.model import ViT, ViTConfig
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/broken_model.py", "--break", defect, "--", "--recipe", "fashion-mnist-cpu",
+         "--dataset", "fashion-mnist-small", "--subset", "64", "--epochs", "1", "--set", "num_layers=1",
+         "--out", str(tmp_path), "--no-progress"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["broken"] == defect and summary["epochs"] == 1 and 0 <= summary["test_accuracy"] <= 1
+    assert summary["trainable_parameters"] < summary["parameters"]
+    weights = load_checkpoint(tmp_path)["model"]
+    if defect == "no-position":
+        assert not weights["pos_embedding"].any()  # zero, and it stayed zero
+    else:  # the blocks end with the weights they started with
+        torch.manual_seed(summary["train_config"]["seed"])
+        initial = ViT(ViTConfig(**summary["model_config"])).state_dict()
+        encoder = [key for key in weights if key.startswith("encoder.")]
+        assert encoder and all(torch.equal(weights[key], initial[key]) for key in encoder)
+        assert not torch.equal(weights["head.weight"], initial["head.weight"])  # the rest learned
+
+
+def test_the_broken_model_benchmark_passes_on_the_training_commands_errors():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "benchmarks/broken_model.py", "--break", "no-position", "--",
+                             "--recipe", "no-such-recipe"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "error:" in result.stderr
