@@ -23,7 +23,7 @@ import torch
 
 import vitlib
 from vitlib.recipes import get_recipe
-from vitlib.train import _parse_sets  # the same KEY=VALUE parsing as `python -m vitlib.train --set`
+from vitlib.train_cli import parse_sets  # the same KEY=VALUE parsing as `python -m vitlib.train --set`
 
 
 def _step_timer(model_kwargs: dict, model_name: str, batch_size: int):
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     recipe = get_recipe(args.recipe)
-    model_kwargs = {**recipe.model_overrides, **_parse_sets(args.set)}
+    model_kwargs = {**recipe.model_overrides, **parse_sets(args.set)}
     timers = {b: _step_timer(model_kwargs, recipe.model, b) for b in args.batch_sizes}
     rates: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
     for _ in range(args.rounds):
