@@ -29,7 +29,8 @@ ENGINE = ["train.py", "train_cli.py", "train_config.py", "deadline.py", "process
 
 def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_vit("vit_course_28", num_layers=1, hidden_dim=32, num_heads=2, mlp_dim=64, num_classes=3, **overrides)
+    return create_vit("vit_course_28", **{"num_layers": 1, "hidden_dim": 32, "num_heads": 2, "mlp_dim": 64,
+                                         "num_classes": 3, **overrides})
 
 
 class FakeClock:

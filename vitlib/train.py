@@ -400,8 +400,8 @@ def train(model: nn.Module, train_data: Dataset, test_data: Dataset, config: Tra
     if state.epoch >= config.epochs:  # nothing left to train: just report
         return _already_trained(model, test_data, config, device, state, processes, checkpoint_path)
     history = state.history
-    step = TrainingStep(model, optimizer, config, processes, device)
-    history["grad_norm_groups"] = list(step.groups)
+    train_step = TrainingStep(model, optimizer, config, processes, device)  # week 05's train_step
+    history["grad_norm_groups"] = list(train_step.groups)
     deadline = Deadline(config.time_limit, state.seconds, processes.agree)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         num_batches, batches, mix_generator = _epoch_batches(train_data, config, epoch, device)
@@ -414,7 +414,7 @@ def train(model: nn.Module, train_data: Dataset, test_data: Dataset, config: Tra
                 if position is None:  # the next step could end past the time limit
                     break
                 lr = lr_at(position, total_steps, warmup_steps, config.lr, config.min_lr)
-                record.add(step(images, labels, lr, mix_generator), lr)
+                record.add(train_step(images, labels, lr, mix_generator), lr)
                 state.step += 1
                 _show_step(bar, record, lr)
             bar.refresh()  # the epoch's last state, also for an epoch shorter than the refresh interval
