@@ -19,7 +19,7 @@ The pieces, each a week-12 exercise:
 Where this differs from the paper, for 28×28 images on a laptop CPU:
 - one set of blocks per batch (the paper draws positions per image): plain indexing, no ragged batches;
 - the course's ViT keeps its class token; it is prepended to the context, its output is not predicted;
-- learned position embeddings (the paper's are fixed 2-D sin-cos), and a momentum that starts lower
+- the encoder's position embeddings are learned (the paper's are fixed 2-D sin-cos; the predictor's are), and a momentum that starts lower
   than 0.996 because our runs have a thousand steps, not a few hundred thousand (`JEPAConfig`).
 """
 
@@ -38,7 +38,7 @@ from vitlib.model import ViT
 
 __all__ = [
     "JEPAConfig", "block_size", "size_at", "block_indices", "multi_block_mask", "ema_update", "momentum_at", "jepa_loss",
-    "encode", "Predictor", "IJEPA", "representation_spread", "pretrain_ijepa", "pooled_features",
+    "encode", "sincos_positions", "Predictor", "IJEPA", "representation_spread", "pretrain_ijepa", "pooled_features",
 ]
 
 
@@ -174,6 +174,23 @@ class JEPAConfig:
     momentum: tuple[float, float] = (0.99, 1.0)  # the paper's 0.996 -> 1.0 suits 10^5 steps; we have 10^3
 
 
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings (grid·grid, dim), as I-JEPA's predictor uses (and MAE's code builds).
+
+    Half of the features encode the row, half the column; each half is sin and cos of the
+    coordinate at frequencies 1 / 10000^(k / (dim/4)). Patches in the same row share the row half.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_positions: dim must be divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    halves = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angle = coordinate[:, None] * omega[None, :]  # (N, dim/4)
+        halves += [angle.sin(), angle.cos()]
+    return torch.cat(halves, dim=1).float()  # (N, dim)
+
+
 class Predictor(nn.Module):
     """The narrow predictor g_phi: context tokens plus mask tokens at a target block's positions -> its representations."""
 
@@ -182,7 +199,8 @@ class Predictor(nn.Module):
         d = config.predictor_dim
         self.embed = nn.Linear(encoder_dim, d)  # D -> D_pred
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))  # one learned vector, shared by every target patch
-        self.pos_embedding = nn.Parameter(torch.zeros(1, num_patches, d))  # (1, N, D_pred)
+        grid = math.isqrt(num_patches)
+        self.register_buffer("pos_embedding", sincos_positions(grid, d).unsqueeze(0), persistent=False)  # (1, N, D_pred), fixed
         self.blocks = Encoder(config.predictor_layers, hidden_dim=d, num_heads=config.predictor_heads, mlp_dim=4 * d)
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.project = nn.Linear(d, encoder_dim)  # D_pred -> D
@@ -191,7 +209,6 @@ class Predictor(nn.Module):
                 nn.init.trunc_normal_(sub.weight, std=0.02)
                 nn.init.zeros_(sub.bias)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
 
     def forward(self, context: torch.Tensor, context_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         """context (B, N_c, D) at context_ids (N_c,), target_ids (M, N_t) -> predicted (B, M, N_t, D).
