@@ -99,3 +99,22 @@ def test_the_broken_model_benchmark_passes_on_the_training_commands_errors():
     result = subprocess.run([sys.executable, "benchmarks/broken_model.py", "--break", "no-position", "--",
                              "--recipe", "no-such-recipe"], cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "error:" in result.stderr
+
+
+@pytest.mark.parametrize("method, encoders", [("ijepa", {"target", "context"}), ("mae", {"encoder"})])
+def test_the_jepa_probe_benchmark_prints_the_probe_before_and_after_pre_training(method, encoders):
+    """benchmarks/jepa_probe.py, how week 12's pre-training budgets were searched: one epoch on 64 images."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/jepa_probe.py", "--method", method, "--epochs", "1", "--images", "64",
+         "--batch-size", "32", "--threads", "1"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert all(set(line["probe"]) == encoders and all(0 <= a <= 1 for a in line["probe"].values()) for line in lines)
+    assert lines[0]["seconds"] == 0 and lines[1]["seconds"] > 0

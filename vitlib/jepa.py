@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ from vitlib.model import ViT
 
 __all__ = [
     "JEPAConfig", "block_size", "size_at", "block_indices", "multi_block_mask", "ema_update", "momentum_at", "jepa_loss",
-    "encode", "sincos_positions", "Predictor", "IJEPA", "representation_spread", "pretrain_ijepa", "pooled_features",
+    "encode", "sincos_positions", "Predictor", "IJEPA", "representation_spread", "pretrain_ijepa", "pooled_features", "probe_accuracy",
 ]
 
 
@@ -274,14 +275,35 @@ def pooled_features(vit: ViT, images: torch.Tensor, preprocess, batch_size: int 
                       for i in range(0, len(images), batch_size)])  # (N, D)
 
 
+def probe_accuracy(encoder: ViT, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+                   test_labels: torch.Tensor, preprocess, *, epochs: int = 100, lr: float = 1e-2, seed: int = 0) -> float:
+    """A linear probe's test accuracy on frozen, mean-pooled features (`pooled_features`), standardised with the
+    training images' mean and standard deviation: one linear layer, full-batch AdamW (`train_linear_probe`)."""
+    from vitlib.train import TrainConfig
+    from vitlib.transfer import train_linear_probe
+
+    train_features = pooled_features(encoder, train_images, preprocess)  # (n, D)
+    test_features = pooled_features(encoder, test_images, preprocess)  # (m, D)
+    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    head = nn.Linear(train_features.shape[1], int(train_labels.max()) + 1)
+    config = TrainConfig(epochs=epochs, batch_size=len(train_labels), lr=lr, warmup_epochs=5, weight_decay=0.0,
+                         seed=seed, progress=False)
+    train_linear_probe(head, (train_features - mean) / std, train_labels, config)
+    with torch.no_grad():
+        predictions = head((test_features - mean) / std).argmax(dim=1)  # (m,)
+    return (predictions == test_labels).float().mean().item()
+
+
 def pretrain_ijepa(model: IJEPA, images: torch.Tensor, transform, *, epochs: int, batch_size: int = 64,
                    lr: float = 1.5e-3, weight_decay: float = 0.05, warmup_epochs: float = 1.0, seed: int = 0,
-                   watch: torch.Tensor | None = None, progress: bool = True) -> dict[str, list[float]]:
+                   watch: torch.Tensor | None = None, on_epoch: Callable[[int], None] | None = None,
+                   progress: bool = True) -> dict[str, list[float]]:
     """Pre-train on uint8 images (N, C, H, W), no labels: AdamW on the context encoder and the predictor, warm-up
     and cosine decay, the target encoder by EMA after every step with `momentum_at`.
 
     Returns {"loss": mean per epoch, "spread": the target encoder's `representation_spread` on the
     float images ``watch`` before training and after every epoch} (empty when ``watch`` is None).
+    ``on_epoch(epoch)``, if given, is called after each epoch (1, 2, ...), the model in eval mode.
     """
     from tqdm.auto import tqdm
 
@@ -314,5 +336,9 @@ def pretrain_ijepa(model: IJEPA, images: torch.Tensor, transform, *, epochs: int
         history["loss"].append(epoch_loss / len(images))
         if watch is not None:
             history["spread"].append(representation_spread(model.target, watch))
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(len(history["loss"]))
+            model.train()
     model.eval()
     return history
