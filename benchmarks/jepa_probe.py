@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--momentum", type=float, default=0.996, help="I-JEPA: the EMA momentum's start (it rises to 1)")
     parser.add_argument("--predictor-layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=4, help="the encoder's layers (week 12: 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=0, help="pre-train on the first this many images only (0: all 8,000)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     normalise = eval_transform(train_data)
     images = train_data.images[: args.images or None]  # (n, 1, 28, 28) uint8: no labels
     torch.manual_seed(args.seed)
-    encoder = create_vit("vit_course_28", num_layers=4)
+    encoder = create_vit("vit_course_28", num_layers=args.layers)
     clock = {"seconds": 0.0, "since": time.perf_counter()}
 
     def probe(epoch: int, encoders: dict) -> None:
