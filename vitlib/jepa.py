@@ -19,8 +19,7 @@ The pieces, each a week-12 exercise:
 Where this differs from the paper, for 28×28 images on a laptop CPU:
 - one set of blocks per batch (the paper draws positions per image): plain indexing, no ragged batches;
 - the course's ViT keeps its class token; it is prepended to the context, its output is not predicted;
-- the encoder's position embeddings are learned (the paper's are fixed 2-D sin-cos; the predictor's are), and a momentum that starts lower
-  than 0.996 because our runs have a thousand steps, not a few hundred thousand (`JEPAConfig`).
+- the encoder's position embeddings are learned (the paper's are fixed 2-D sin-cos; the predictor's are).
 """
 
 from __future__ import annotations
@@ -172,7 +171,7 @@ class JEPAConfig:
     predictor_dim: int = 64
     predictor_layers: int = 2
     predictor_heads: int = 4
-    momentum: tuple[float, float] = (0.99, 1.0)  # the paper's 0.996 -> 1.0 suits 10^5 steps; we have 10^3
+    momentum: tuple[float, float] = (0.996, 1.0)  # Appendix C; 0.99 and 0.999 both did worse here (BENCHMARKS.md)
 
 
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
