@@ -293,8 +293,8 @@ def probe_accuracy(encoder: ViT, train_images: torch.Tensor, train_labels: torch
     return (predictions == test_labels).float().mean().item()
 
 
-def pretrain_ijepa(model: IJEPA, images: torch.Tensor, transform, *, epochs: int, batch_size: int = 64,
-                   lr: float = 1.5e-3, weight_decay: float = 0.05, warmup_epochs: float = 1.0, seed: int = 0,
+def pretrain_ijepa(model: IJEPA, images: torch.Tensor, transform, *, epochs: int, batch_size: int = 16,
+                   lr: float = 5e-4, weight_decay: float = 0.05, warmup_epochs: float = 1.0, seed: int = 0,
                    watch: torch.Tensor | None = None, on_epoch: Callable[[int], None] | None = None,
                    progress: bool = True) -> dict[str, list[float]]:
     """Pre-train on uint8 images (N, C, H, W), no labels: AdamW on the context encoder and the predictor, warm-up
