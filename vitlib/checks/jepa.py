@@ -158,8 +158,8 @@ def check_jepa_loss(student_loss) -> None:
     outside = torch.ones(N, dtype=torch.bool)
     outside[target_ids.flatten()] = False
     changed[:, outside] = checks.seeded(B, int(outside.sum()), D, seed=9)  # (B, N, D): new patches outside the targets only
-    again = checks.call_student("jepa_loss", student_loss, predicted.detach(), changed, target_ids)
-    if not torch.allclose(torch.as_tensor(again).detach().reshape(()), got.detach().reshape(()), rtol=1e-5):
+    again = checks.expect_tensor("jepa_loss", checks.call_student("jepa_loss", student_loss, predicted.detach(), changed, target_ids))
+    if again.numel() != 1 or not torch.allclose(again.detach().reshape(()).float(), got.detach().reshape(()).float(), rtol=1e-5):
         checks.fail("jepa_loss, with the patches outside the targets changed", "the same loss", "a different loss",
                     "the loss is taken on the target patches only: select them with target_ids")
     with torch.no_grad():
