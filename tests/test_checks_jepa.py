@@ -110,7 +110,7 @@ def _with_graph(target, online, momentum):
 
 def _rebinds(target, online, momentum):
     for bar, theta in zip(target.parameters(), online.parameters()):
-        bar = momentum * bar + (1 - momentum) * theta  # noqa: F841: the classic mistake, a new tensor
+        bar = momentum * bar + (1 - momentum) * theta  # noqa: F841 (the classic mistake: a new tensor)
 
 
 def _copies(target, online, momentum):

@@ -298,46 +298,32 @@ def pretrain_ijepa(model: IJEPA, images: torch.Tensor, transform, *, epochs: int
                    watch: torch.Tensor | None = None, on_epoch: Callable[[int], None] | None = None,
                    progress: bool = True) -> dict[str, list[float]]:
     """Pre-train on uint8 images (N, C, H, W), no labels: AdamW on the context encoder and the predictor, warm-up
-    and cosine decay, the target encoder by EMA after every step with `momentum_at`.
+    and cosine decay (`vitlib.pretraining.pretrain`), the target encoder by EMA after every step with `momentum_at`.
 
     Returns {"loss": mean per epoch, "spread": the target encoder's `representation_spread` on the
     float images ``watch`` before training and after every epoch} (empty when ``watch`` is None).
     ``on_epoch(epoch)``, if given, is called after each epoch (1, 2, ...), the model in eval mode.
     """
-    from tqdm.auto import tqdm
+    from vitlib.pretraining import pretrain
 
-    from vitlib.train import lr_at
+    spread: list[float] = []
 
-    generator = torch.Generator().manual_seed(seed)
-    trained = [p for name, p in model.named_parameters() if not name.startswith("target.")]
-    optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
-    history: dict[str, list[float]] = {"loss": [], "spread": []}
-    if watch is not None:
-        history["spread"].append(representation_spread(model.target, watch))
-    model.train()
-    step = 0
-    for _ in tqdm(range(epochs), desc="I-JEPA pre-training", disable=not progress):
-        order = torch.randperm(len(images), generator=generator)
-        epoch_loss = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = transform(images[order[start:start + batch_size]])  # (B, C, H, W) float
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, warmup, lr, lr / 100)
-            loss = model(batch, *model.sample_masks(generator))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema_update(model.target, model.vit, momentum_at(step, total, *model.config.momentum))
-            step += 1
-            epoch_loss += loss.item() * len(batch)
-        history["loss"].append(epoch_loss / len(images))
+    def after_epoch(epoch: int) -> None:
         if watch is not None:
-            history["spread"].append(representation_spread(model.target, watch))
+            spread.append(representation_spread(model.target, watch))
         if on_epoch is not None:
             model.eval()
-            on_epoch(len(history["loss"]))
+            on_epoch(epoch)
             model.train()
+
+    if watch is not None:
+        spread.append(representation_spread(model.target, watch))
+    trained = [p for name, p in model.named_parameters() if not name.startswith("target.")]
+    model.train()
+    losses = pretrain(trained, images, transform, lambda batch, generator: model(batch, *model.sample_masks(generator)),
+                      epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                      seed=seed, desc="I-JEPA pre-training", progress=progress,
+                      after_step=lambda step, total: ema_update(model.target, model.vit, momentum_at(step, total, *model.config.momentum)),
+                      after_epoch=after_epoch)
     model.eval()
-    return history
+    return {"loss": losses, "spread": spread}

@@ -16,7 +16,6 @@ The pieces, each a week-09 exercise:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -164,30 +163,12 @@ def pretrain_mae(mae: MaskedAutoencoder, images: torch.Tensor, transform, *, epo
                  lr: float = 1.5e-3, weight_decay: float = 0.05, warmup_epochs: float = 1.0, seed: int = 0,
                  progress: bool = True) -> list[float]:
     """Pre-train on uint8 images (N, C, H, W) with AdamW, warm-up and cosine decay; the mean loss per epoch."""
-    from tqdm.auto import tqdm
+    from vitlib.pretraining import pretrain
 
-    from vitlib.train import lr_at
-
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(mae.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
-    losses, step = [], 0
     mae.train()
-    for _ in tqdm(range(epochs), desc="MAE pre-training", disable=not progress):
-        order = torch.randperm(len(images), generator=generator)
-        epoch_loss = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = transform(images[order[start:start + batch_size]])  # (B, C, H, W) float
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, warmup, lr, lr / 100)
-            loss, _, _ = mae(batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            epoch_loss += loss.item() * len(batch)
-        losses.append(epoch_loss / len(images))
+    losses = pretrain(mae.parameters(), images, transform, lambda batch, generator: mae(batch, generator)[0],
+                      epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                      seed=seed, desc="MAE pre-training", progress=progress)
     mae.eval()
     return losses
 

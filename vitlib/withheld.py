@@ -91,6 +91,11 @@ WITHHELD: dict[str, dict[str, list[str]]] = {
         "to_shape_frame": ["vitlib.synthetic:to_shape_frame"],
         "synthetic_sample": ["vitlib.synthetic:synthetic_sample"],
     },
+    "12_jepa": {
+        "multi_block_mask": ["vitlib.jepa:multi_block_mask"],
+        "ema_update": ["vitlib.jepa:ema_update"],
+        "jepa_loss": ["vitlib.jepa:jepa_loss"],
+    },
 }
 
 
