@@ -16,7 +16,7 @@ from vitlib.notebooks import generate, is_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_WEEKS = ["00_setup", "01_patching", "02_attention", "03_encoder", "04_head", "05_training"]
-WEEKS = [*CORE_WEEKS, "06_inside_the_vit", "07_transfer", "08_deployment", "09_masked_autoencoder", "10_distillation", "11_synthetic_data"]
+WEEKS = [*CORE_WEEKS, "06_inside_the_vit", "07_transfer", "08_deployment", "09_masked_autoencoder", "10_distillation", "11_synthetic_data", "12_jepa"]
 
 
 def _cells(path: Path):

@@ -283,9 +283,17 @@ def _kernel_env(lib: Path, scratch: Path, socket_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VITLIB_", "PYTEST_"))}
     env.update(
         PYTHONPATH=str(lib), VITLIB_JUDGE_SOCKET=str(socket_path), PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg",
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
         JUPYTER_RUNTIME_DIR=str(scratch / ".jupyter"), IPYTHONDIR=str(scratch / ".ipython"), MPLCONFIGDIR=str(scratch / ".mpl"),
     )  # fmt: skip
     return env
+
+
+# pytest with nbval and no other plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD in `_kernel_env`), and without rfc3987_syntax:
+# nbval's nbformat imports jsonschema, which imports that package for the "iri" format (no notebook schema uses it),
+# and it compiles a Lark grammar at import: 1.1 s of every graded kernel's start (jsonschema issue #1428). Together
+# 1.5 of the 7 s a kernel took to be ready.
+_PYTEST = "import sys; sys.modules['rfc3987_syntax'] = None; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
 
 def _start_kernel(job: Job, nb: NotebookNode, workdir: Path, channel: Path) -> subprocess.Popen:
@@ -297,7 +305,7 @@ def _start_kernel(job: Job, nb: NotebookNode, workdir: Path, channel: Path) -> s
     nbformat.write(nb, path)
     (scratch / "pytest.ini").write_text("[pytest]\n")
     command = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(scratch / "pytest.ini"),
+        sys.executable, "-c", _PYTEST, "-q", "-p", "no:cacheprovider", "-p", "nbval", "-c", str(scratch / "pytest.ini"),
         "--rootdir", str(scratch), "--nbval-lax", "--nbval-current-env",
         f"--nbval-cell-timeout={job.timeout * 20 + 60:g}", str(path),
     ]  # fmt: skip
