@@ -49,7 +49,7 @@ from pathlib import Path
 import nbformat
 
 from vitlib import sandbox, similarity
-from vitlib.judge import Exercise, Week, load_exercises
+from vitlib.judge import WITHOUT_RFC3987, Exercise, Week, load_exercises
 from vitlib.notebooks import ROOT, write_text_atomic
 
 __all__ = ["Exercise", "Result", "load_exercises", "find_submissions", "grade_class", "main"]
@@ -158,7 +158,7 @@ def _student_source(cells: list[dict[str, str | None]], exercise: Exercise) -> s
 
 
 class _Judges:
-    """A pool of judge worker processes (`python -m vitlib.judge`), one per job slot, reused across students."""
+    """A pool of judge worker processes (`vitlib.judge.main`, started without rfc3987_syntax), one per job slot, reused across students."""
 
     def __init__(self) -> None:
         self._free: queue.Queue[subprocess.Popen] = queue.Queue()
@@ -168,7 +168,7 @@ class _Judges:
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "vitlib.judge"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-c", WITHOUT_RFC3987 + "from vitlib.judge import main; sys.exit(main())"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         with self._lock:

@@ -289,11 +289,12 @@ def _kernel_env(lib: Path, scratch: Path, socket_path: Path) -> dict[str, str]:
     return env
 
 
-# pytest with nbval and no other plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD in `_kernel_env`), and without rfc3987_syntax:
-# nbval's nbformat imports jsonschema, which imports that package for the "iri" format (no notebook schema uses it),
-# and it compiles a Lark grammar at import: 1.1 s of every graded kernel's start (jsonschema issue #1428). Together
-# 1.5 of the 7 s a kernel took to be ready.
-_PYTEST = "import sys; sys.modules['rfc3987_syntax'] = None; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+# nbformat imports jsonschema, which imports rfc3987_syntax for the "iri" format (no notebook schema uses it), and
+# that package compiles a Lark grammar at import: 1.1 s of every start (jsonschema issue #1428). The judge's workers
+# and the graded kernels' pytest start without it. The kernel's pytest also loads nbval and no other plugin
+# (PYTEST_DISABLE_PLUGIN_AUTOLOAD in `_kernel_env`): together 1.5 of the 7 s a kernel took to be ready.
+WITHOUT_RFC3987 = "import sys; sys.modules['rfc3987_syntax'] = None; "
+_PYTEST = WITHOUT_RFC3987 + "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
 
 def _start_kernel(job: Job, nb: NotebookNode, workdir: Path, channel: Path) -> subprocess.Popen:
